@@ -1,0 +1,65 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask
+from flask_smorest import Api
+
+from .config import Settings
+from .embedder import ClipEmbedder
+from .errors import register_error_handlers
+from .fetcher import ImageFetcher
+from .jsonio import OrjsonProvider
+from .logging_setup import configure_logging
+
+
+def create_app(test_config: Mapping[str, Any] | None = None, *,
+               embedder: ClipEmbedder | None = None) -> Flask:
+    """Create the service: settings from the environment, then ``test_config``; load the model.
+
+    Keys of ``test_config`` that name a ``Settings`` field override that
+    setting; the rest go to ``app.config``. Tests may pass their own
+    ``embedder``; otherwise the configured weights are loaded, and
+    ``ModelLoadError`` propagates so the process refuses to start.
+    """
+    test_config = dict(test_config or {})
+    setting_names = set(Settings.__dataclass_fields__)
+    settings = Settings.from_env(**{k: test_config.pop(k) for k in list(test_config) if k in setting_names})
+
+    app = Flask(__name__)
+    app.json = OrjsonProvider(app)
+    app.config.update(
+        CLIP=settings,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        API_TITLE="clip-service",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+    )
+    app.config.update(test_config)
+    if not app.testing:
+        configure_logging(settings.log_level)
+
+    if embedder is None:
+        embedder = ClipEmbedder.load(settings.model_name, settings.pretrained, settings.device,
+                                     cache_dir=settings.cache_dir, max_batch=settings.max_batch)
+    app.extensions["clip_embedder"] = embedder
+    app.extensions["clip_fetcher"] = ImageFetcher(
+        connect_timeout=settings.fetch_connect_timeout,
+        read_timeout=settings.fetch_read_timeout,
+        max_bytes=settings.fetch_max_bytes,
+        max_pixels=settings.max_image_pixels,
+        concurrency=settings.fetch_concurrency,
+        user_agent=settings.fetch_user_agent,
+    )
+
+    api = Api(app)
+    from .views import embeddings, health
+
+    api.register_blueprint(embeddings.bp)
+    api.register_blueprint(health.bp)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,116 @@
+"""Every setting of the service, read from the environment in one place.
+
+Service knobs carry the ``CLIP_`` prefix; ``PORT`` and ``LOG_LEVEL`` keep the
+names Cloud Run and most platforms already use. The README's table of
+environment variables mirrors the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+ENV_PREFIX = "CLIP_"
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _setting(default: Any, env: str | None = None, doc: str = ""):
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; ``Settings.from_env()`` is the only reader of os.environ."""
+
+    # --- model -------------------------------------------------------------
+    model_name: str = _setting("ViT-B-32", env="CLIP_MODEL", doc="open_clip model name (or hf-hub:/local-dir: spec)")
+    pretrained: str = _setting(
+        "laion400m_e32", doc="open_clip pretrained tag, or a path to a local checkpoint file"
+    )
+    device: str = _setting("auto", doc="auto, cpu or cuda (auto picks CUDA when present)")
+    cache_dir: str = _setting("", doc="where open_clip caches downloaded weights ('' = its default)")
+    max_batch: int = _setting(64, doc="largest batch sent through the model in one forward pass")
+
+    # --- request limits ----------------------------------------------------
+    max_texts: int = _setting(256, doc="most texts in one request")
+    max_urls: int = _setting(64, doc="most image URLs in one request")
+    max_text_chars: int = _setting(10_000, doc="most characters in one text")
+    max_url_chars: int = _setting(2048, doc="most characters in one URL")
+    max_body_bytes: int = _setting(1_048_576, doc="largest request body (bytes)")
+
+    # --- image fetching ----------------------------------------------------
+    fetch_connect_timeout: float = _setting(3.0, doc="seconds to open a connection to an image host")
+    fetch_read_timeout: float = _setting(10.0, doc="seconds to wait for each read from an image host")
+    fetch_concurrency: int = _setting(8, doc="downloads in flight per request")
+    fetch_max_bytes: int = _setting(20 * 1024 * 1024, doc="largest image download (bytes)")
+    max_image_pixels: int = _setting(50_000_000, doc="largest image (width x height) that is decoded")
+    fetch_user_agent: str = _setting("clip-service/1.0", doc="User-Agent sent to image hosts")
+
+    # --- process -----------------------------------------------------------
+    torch_threads: int = _setting(1, doc="torch intra-op threads per Gunicorn worker")
+    workers: int = _setting(2, doc="Gunicorn worker processes")
+    threads: int = _setting(4, doc="request threads per Gunicorn worker (gthread)")
+    timeout: int = _setting(60, doc="Gunicorn worker timeout (s) for a silent worker")
+    graceful_timeout: int = _setting(8, doc="seconds in-flight requests get after SIGTERM")
+    port: int = _setting(8080, env="PORT", doc="port Gunicorn listens on")
+    log_level: str = _setting("INFO", env="LOG_LEVEL", doc="DEBUG, INFO, WARNING, ERROR")
+
+    @classmethod
+    def env_name(cls, f: dataclasses.Field) -> str:
+        return f.metadata.get("env") or ENV_PREFIX + f.name.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from defaults, then the environment, then explicit overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = cls.env_name(f)
+            raw = environ.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(name, raw.strip(), type(f.default))
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"CLIP_DEVICE must be auto, cpu or cuda, not {self.device!r}")
+        if not self.pretrained:
+            # Serving random weights silently is the failure this guards against.
+            raise ConfigError("CLIP_PRETRAINED must name a pretrained tag or a checkpoint file")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if value <= 0 and f.name not in ("timeout",):
+                    raise ConfigError(f"{self.env_name(f)} must be positive, not {value}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def documented_settings() -> list[tuple[str, Any, str]]:
+    """(env name, default, description) for every setting, for docs and tests."""
+    return [(Settings.env_name(f), f.default, f.metadata["doc"]) for f in dataclasses.fields(Settings)]

@@ -1,0 +1,152 @@
+"""The CLIP model: load open_clip weights once, turn texts and images into unit vectors.
+
+Only torch, open_clip and numpy live here; the web layer hands in strings and
+decoded PIL images and gets numpy arrays back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Sequence
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The configured weights could not be loaded; the service must not start."""
+
+
+def resolve_device(device: str) -> str:
+    """Map ``auto`` to CUDA when a GPU is present, else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"CLIP_DEVICE={device} but torch sees no CUDA device")
+    return device
+
+
+def pretrained_tag_config(model_name: str, pretrained: str) -> dict:
+    """open_clip's registry entry for a pretrained tag, or {} when it is a file path."""
+    return open_clip.get_pretrained_cfg(model_name, pretrained) or {}
+
+
+def needs_quick_gelu(model_name: str, pretrained: str) -> bool:
+    """Whether the tag's weights were trained with QuickGELU.
+
+    open_clip only *warns* when a plain config (e.g. ``ViT-B-32``, GELU) meets
+    QuickGELU weights (``laion400m_e32``), and the vectors come out subtly
+    wrong, so the tag's flag is forced onto the model here.
+    """
+    return bool(pretrained_tag_config(model_name, pretrained).get("quick_gelu", False))
+
+
+class ClipEmbedder:
+    """An open_clip model in eval mode with its preprocessing and tokenizer."""
+
+    def __init__(self, model, preprocess, tokenizer, *, model_name: str, pretrained: str,
+                 device: str = "cpu", max_batch: int = 64):
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.device = device
+        self.max_batch = max_batch
+        self.dimensions = int(_embed_dim(model))
+        self.load_seconds: float | None = None
+        # Serialise forward passes: concurrent passes on one CPU model only
+        # oversubscribe the cores and make every request slower.
+        self._forward_lock = threading.Lock()
+
+    @property
+    def pretrained_label(self) -> str:
+        """The tag, or only the file name of a local checkpoint (its directory is nobody's business)."""
+        return os.path.basename(self.pretrained) if os.path.isfile(self.pretrained) else self.pretrained
+
+    @classmethod
+    def load(cls, model_name: str, pretrained: str, device: str = "auto", *,
+             cache_dir: str | None = None, max_batch: int = 64) -> "ClipEmbedder":
+        """Build the model from a pretrained tag or a checkpoint file; never fall back to random weights."""
+        started = time.monotonic()
+        tag_cfg = pretrained_tag_config(model_name, pretrained)
+        if not tag_cfg and not os.path.isfile(pretrained):
+            raise ModelLoadError(
+                f"cannot load model {model_name!r} with pretrained {pretrained!r}: it is neither a "
+                f"pretrained tag open_clip knows for this model nor an existing file. "
+                f"Known tags include: {', '.join(open_clip.list_pretrained_tags_by_model(model_name)[:6]) or 'none'}. "
+                f"To run offline, set CLIP_PRETRAINED to a local checkpoint path."
+            )
+        device = resolve_device(device)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name,
+                pretrained=pretrained,
+                device=device,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                cache_dir=cache_dir or None,
+            )
+            tokenizer = open_clip.get_tokenizer(model_name)
+        except Exception as exc:  # any failure here means "no usable weights"
+            source = "pretrained tag" if tag_cfg else "checkpoint file"
+            raise ModelLoadError(
+                f"cannot load model {model_name!r} from {source} {pretrained!r}: "
+                f"{_short_cause(exc)}. If the model hub is unreachable, download the weights "
+                f"elsewhere and set CLIP_PRETRAINED=/path/to/checkpoint.pt "
+                f"(with CLIP_MODEL naming its architecture)."
+            ) from exc
+        embedder = cls(model, preprocess, tokenizer, model_name=model_name,
+                       pretrained=pretrained, device=device, max_batch=max_batch)
+        embedder.load_seconds = time.monotonic() - started
+        log.info("loaded model %s (%s) on %s in %.1fs", model_name, pretrained, device,
+                 embedder.load_seconds)
+        return embedder
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Return one L2-normalised float32 row per text."""
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        chunks = []
+        for start in range(0, len(texts), self.max_batch):
+            tokens = self.tokenizer(list(texts[start:start + self.max_batch])).to(self.device)
+            with self._forward_lock, torch.inference_mode():
+                chunks.append(self.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+        return np.concatenate(chunks)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Return one L2-normalised float32 row per RGB image."""
+        if not images:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        chunks = []
+        for start in range(0, len(images), self.max_batch):
+            pixels = torch.stack([self.preprocess(img) for img in images[start:start + self.max_batch]])
+            with self._forward_lock, torch.inference_mode():
+                chunks.append(self.model.encode_image(pixels.to(self.device), normalize=True)
+                              .float().cpu().numpy())
+        return np.concatenate(chunks)
+
+    def warm_up(self) -> None:
+        """Run one tiny text and image pass so the first real request pays no set-up cost."""
+        self.embed_texts(["warm-up"])
+        self.embed_images([Image.new("RGB", (32, 32), (127, 127, 127))])
+
+
+def _embed_dim(model) -> int:
+    proj = getattr(model, "text_projection", None)
+    if proj is not None:
+        return proj.shape[-1] if isinstance(proj, torch.Tensor) else proj.out_features
+    return model.visual.output_dim
+
+
+def _short_cause(exc: BaseException) -> str:
+    """The first sentence of an exception message: libraries' full messages run for paragraphs."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    sentence = text.split(". ")[0]
+    return sentence if len(sentence) <= 200 else sentence[:197] + "..."

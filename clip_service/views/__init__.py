@@ -1,0 +1,1 @@
+"""Blueprints: thin views that validate, call the embedder or fetcher, and shape the answer."""

@@ -1,0 +1,75 @@
+"""POST /embed/text, /embed/image and /embed/mixed."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask_smorest import Blueprint
+
+from ..embedder import ClipEmbedder
+from ..fetcher import FetchError, ImageFetcher
+from ..jsonio import json_response
+from ..schemas import (ErrorEnvelopeSchema, ImageEmbedRequestSchema, ImageEmbeddingsSchema,
+                       MixedEmbedRequestSchema, MixedEmbeddingsSchema, TextEmbeddingsSchema,
+                       TextEmbedRequestSchema)
+
+bp = Blueprint("embeddings", __name__, url_prefix="/embed",
+               description="Turn texts and images into L2-normalised CLIP vectors.")
+
+
+def _embedder() -> ClipEmbedder:
+    return current_app.extensions["clip_embedder"]
+
+
+def _fetcher() -> ImageFetcher:
+    return current_app.extensions["clip_fetcher"]
+
+
+def _model_info() -> dict:
+    embedder = _embedder()
+    return {"model": embedder.model_name, "pretrained": embedder.pretrained_label,
+            "dimensions": embedder.dimensions}
+
+
+def embed_urls(urls: list[str]) -> tuple[list, list[dict]]:
+    """Fetch and embed ``urls`` as one batch; failed slots hold [] and get an error entry."""
+    fetched = _fetcher().fetch_images(urls)
+    good = [i for i, item in enumerate(fetched) if not isinstance(item, FetchError)]
+    vectors = _embedder().embed_images([fetched[i] for i in good])
+    slots: list = [[] for _ in urls]
+    for row, i in enumerate(good):
+        slots[i] = vectors[row]
+    errors = [{"index": i, "url": url, "code": item.code, "message": item.message}
+              for i, (url, item) in enumerate(zip(urls, fetched)) if isinstance(item, FetchError)]
+    return slots, errors
+
+
+@bp.route("/text", methods=["POST"])
+@bp.arguments(TextEmbedRequestSchema)
+@bp.response(200, TextEmbeddingsSchema)
+@bp.alt_response(422, schema=ErrorEnvelopeSchema, description="The body is not a valid request.")
+def embed_text(body):
+    """Embed texts."""
+    vectors = _embedder().embed_texts(body["texts"])
+    return json_response({"embeddings": vectors, **_model_info()})
+
+
+@bp.route("/image", methods=["POST"])
+@bp.arguments(ImageEmbedRequestSchema)
+@bp.response(200, ImageEmbeddingsSchema)
+@bp.alt_response(422, schema=ErrorEnvelopeSchema, description="The body is not a valid request.")
+def embed_image(body):
+    """Download images by URL and embed them; a failed image leaves [] in its slot."""
+    slots, errors = embed_urls(body["urls"])
+    return json_response({"embeddings": slots, "errors": errors, **_model_info()})
+
+
+@bp.route("/mixed", methods=["POST"])
+@bp.arguments(MixedEmbedRequestSchema)
+@bp.response(200, MixedEmbeddingsSchema)
+@bp.alt_response(422, schema=ErrorEnvelopeSchema, description="The body is not a valid request.")
+def embed_mixed(body):
+    """Embed texts and images in one call."""
+    slots, errors = embed_urls(body["urls"]) if body["urls"] else ([], [])
+    text_vectors = _embedder().embed_texts(body["texts"])
+    return json_response({"text_embeddings": text_vectors, "image_embeddings": slots,
+                          "errors": errors, **_model_info()})

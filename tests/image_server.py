@@ -1,0 +1,77 @@
+"""A real HTTP server on 127.0.0.1 that serves test images (and, for fault tests, misbehaves)."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        server: ImageServer = self.server.owner
+        server.record(self.path)
+        route = server.routes.get(self.path.split("?")[0])
+        if route is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if callable(route):
+            route(self)
+            return
+        content_type, body = route
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+
+class ImageServer:
+    """Serve ``routes`` (path -> (content type, bytes) or a handler function) on a free port."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.routes: dict[str, tuple[str, bytes] | Callable] = {}
+        self.requests: list[str] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+        owner = self
+
+        class _Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def verify_request(self, request, client_address):
+                with owner._lock:
+                    owner.connections += 1
+                return True
+
+        self._httpd = _Server((host, 0), _Handler)
+        self._httpd.owner = self
+        self.host = host
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def record(self, path: str) -> None:
+        with self._lock:
+            self.requests.append(path)
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def add(self, path: str, body: bytes, content_type: str = "application/octet-stream") -> str:
+        self.routes[path] = (content_type, body)
+        return self.url(path)
+
+    def __enter__(self) -> "ImageServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

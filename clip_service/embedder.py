@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import open_clip
 import torch
+from open_clip.transformer import text_global_pool
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,17 @@ class ClipEmbedder:
         for start in range(0, len(texts), self.max_batch):
             tokens = self.tokenizer(list(texts[start:start + self.max_batch])).to(self.device)
             with self._forward_lock, torch.inference_mode():
-                chunks.append(self.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+                chunks.append(self._encode_tokens(tokens).float().cpu().numpy())
         return np.concatenate(chunks)
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self._can_trim_text:
+            return encode_text_trimmed(self.model, tokens)
+        return self.model.encode_text(tokens, normalize=True)
+
+    @property
+    def _can_trim_text(self) -> bool:
+        return supports_text_trimming(self.model)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Return one L2-normalised float32 row per RGB image."""
@@ -136,6 +146,38 @@ class ClipEmbedder:
         """Run one tiny text and image pass so the first real request pays no set-up cost."""
         self.embed_texts(["warm-up"])
         self.embed_images([Image.new("RGB", (32, 32), (127, 127, 127))])
+
+
+def supports_text_trimming(model) -> bool:
+    """True for open_clip's standard CLIP text tower: causal mask, pooled at the EOT token."""
+    return (type(model) is open_clip.CLIP and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+
+
+def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text(tokens, normalize=True)``, run only up to the longest real text.
+
+    The text transformer is causal, so the padding after a text's EOT token
+    never influences the EOT position that is pooled: dropping the padding
+    columns common to the whole batch gives the same vectors (to ~1e-7) for
+    a fraction of the work (short texts use ~10 of the 77 positions).
+    """
+    if model.text_pool_type == "argmax":
+        last = tokens.argmax(dim=-1)  # EOT has the highest token id
+    else:
+        last = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    length = int(last.max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) \
+            else x @ model.text_projection
+    return torch.nn.functional.normalize(x, dim=-1)
 
 
 def _embed_dim(model) -> int:

@@ -107,3 +107,27 @@ def test_real_vit_b32_loaded_from_a_local_checkpoint_via_the_environment(monkeyp
     with torch.no_grad():
         expected = model.eval().encode_text(open_clip.get_tokenizer("ViT-B-32")(texts), normalize=True).numpy()
     assert np.abs(np.asarray(body["embeddings"]) - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize("texts", [
+    ["a cat"],
+    ["a cat", "a much longer description of a small grey cat sitting on a red sofa in the sun"],
+    ["word " * 200],  # longer than the context: truncated, nothing to trim
+    [""],
+])
+def test_trimmed_text_encoding_equals_open_clip_full_length(tiny_embedder, reference_model, texts):
+    from clip_service.embedder import supports_text_trimming
+
+    assert supports_text_trimming(tiny_embedder.model)
+    assert np.abs(tiny_embedder.embed_texts(texts) - reference_text_vectors(reference_model, texts)).max() <= 1e-5
+
+
+def test_trimmed_text_encoding_on_the_real_architecture(vit_b32_checkpoint):
+    from clip_service.embedder import encode_text_trimmed
+
+    model = open_clip.create_model("ViT-B-32", pretrained=str(vit_b32_checkpoint)).eval()
+    tokens = open_clip.get_tokenizer("ViT-B-32")(["a dog", "two dogs playing with a ball in a park at sunset"] * 4)
+    with torch.no_grad():
+        full = model.encode_text(tokens, normalize=True)
+        trimmed = encode_text_trimmed(model, tokens)
+    assert (full - trimmed).abs().max().item() <= 1e-5

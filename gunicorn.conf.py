@@ -5,10 +5,28 @@ by forked gthread workers. See the README's "Environment variables" table.
 """
 
 import gc
+import os
+import shutil
+import tempfile
 
-import torch
+# prometheus_client picks its multi-process storage when first imported, so
+# the directory must be in the environment before anything imports it.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+_owns_metrics_dir = not _metrics_dir
+if _owns_metrics_dir:
+    _metrics_dir = tempfile.mkdtemp(prefix="clip-service-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+else:
+    # Samples of a previous run would be summed into this one's.
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for _name in os.listdir(_metrics_dir):
+        if _name.endswith(".db"):
+            os.remove(os.path.join(_metrics_dir, _name))
 
-from clip_service.config import Settings
+import torch  # noqa: E402
+from prometheus_client import multiprocess  # noqa: E402
+
+from clip_service.config import Settings  # noqa: E402
 
 settings = Settings.from_env()
 
@@ -29,14 +47,21 @@ threads = settings.threads
 timeout = settings.timeout
 # Cloud Run sends SIGKILL 10 s after SIGTERM: finish in-flight requests before that.
 graceful_timeout = settings.graceful_timeout
+# Recycle workers now and then so slow leaks (allocator fragmentation, caches)
+# cannot grow without bound; the jitter keeps them from restarting together.
+# A recycled worker is forked from the preloaded master: no model reload.
+max_requests = settings.max_requests
+max_requests_jitter = settings.max_requests_jitter
 # Cloud Run's front end keeps connections open; a short keep-alive frees threads.
 keepalive = 5
 loglevel = settings.log_level.lower()
+# Access and error logs as Cloud Logging JSON lines on stdout/stderr.
+logger_class = "clip_service.gunicorn_logging.JsonGunicornLogger"
 accesslog = "-"
+errorlog = "-"
 # Gunicorn's runtime control socket is unused here, and its default path in
 # $HOME is shared by every Gunicorn of the user (and may not be writable).
 control_socket_disable = True
-errorlog = "-"
 
 
 def pre_fork(server, worker):
@@ -55,3 +80,13 @@ def post_worker_init(worker):
     embedder = worker.wsgi.extensions["clip_embedder"]
     embedder.warm_up()
     worker.log.info("worker %s warmed up (torch threads=%s)", worker.pid, torch.get_num_threads())
+
+
+def child_exit(server, worker):
+    # Drop the dead worker's live gauges; its counters stay in the sums.
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _owns_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

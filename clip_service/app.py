@@ -7,12 +7,14 @@ from typing import Any, Mapping
 from flask import Flask
 from flask_smorest import Api
 
+from . import observability
 from .config import Settings
 from .embedder import ClipEmbedder
 from .errors import register_error_handlers
 from .fetcher import ImageFetcher
 from .jsonio import OrjsonProvider
 from .logging_setup import configure_logging
+from .readiness import ReadinessCheck
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, *,
@@ -54,12 +56,24 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
         max_pixels=settings.max_image_pixels,
         concurrency=settings.fetch_concurrency,
         user_agent=settings.fetch_user_agent,
+        total_timeout=settings.fetch_total_timeout,
+        request_timeout=settings.fetch_request_timeout,
+        max_redirects=settings.fetch_max_redirects,
+        worker_concurrency=settings.fetch_worker_concurrency,
+        allowed_ports=settings.fetch_ports,
+        allow=settings.fetch_allow,
+        max_url_chars=settings.max_url_chars,
     )
 
+    app.extensions["clip_readiness"] = ReadinessCheck(
+        embedder, ttl=settings.ready_cache_seconds, timeout=settings.ready_timeout)
+
     api = Api(app)
-    from .views import embeddings, health
+    from .views import embeddings, health, metrics
 
     api.register_blueprint(embeddings.bp)
     api.register_blueprint(health.bp)
+    api.register_blueprint(metrics.bp)
     register_error_handlers(app)
+    observability.init_app(app)
     return app

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .url_policy import Allowlist, parse_ports
+
 ENV_PREFIX = "CLIP_"
 
 
@@ -50,6 +52,13 @@ class Settings:
     fetch_max_bytes: int = _setting(20 * 1024 * 1024, doc="largest image download (bytes)")
     max_image_pixels: int = _setting(50_000_000, doc="largest image (width x height) that is decoded")
     fetch_user_agent: str = _setting("clip-service/1.0", doc="User-Agent sent to image hosts")
+    fetch_total_timeout: float = _setting(20.0, doc="seconds one image may take, DNS to last byte")
+    fetch_request_timeout: float = _setting(30.0, doc="seconds all the images of one request may take")
+    fetch_max_redirects: int = _setting(3, doc="redirects followed per image (0 follows none)")
+    fetch_worker_concurrency: int = _setting(16, doc="downloads in flight per worker, all requests together")
+    fetch_ports: str = _setting("80,443", doc="comma-separated ports image URLs may use")
+    fetch_allow: str = _setting("", doc="comma-separated host:port pairs and CIDR blocks exempt from the "
+                                        "private-address block (and the port list)")
 
     # --- process -----------------------------------------------------------
     torch_threads: int = _setting(1, doc="torch intra-op threads per Gunicorn worker")
@@ -57,6 +66,10 @@ class Settings:
     threads: int = _setting(4, doc="request threads per Gunicorn worker (gthread)")
     timeout: int = _setting(60, doc="Gunicorn worker timeout (s) for a silent worker")
     graceful_timeout: int = _setting(8, doc="seconds in-flight requests get after SIGTERM")
+    max_requests: int = _setting(2000, doc="a worker is recycled after about this many requests")
+    max_requests_jitter: int = _setting(200, doc="random extra requests so workers do not recycle together")
+    ready_cache_seconds: float = _setting(5.0, doc="how long a readiness probe's inference result is reused")
+    ready_timeout: float = _setting(10.0, doc="readiness fails when the model stays busy this long")
     port: int = _setting(8080, env="PORT", doc="port Gunicorn listens on")
     log_level: str = _setting("INFO", env="LOG_LEVEL", doc="DEBUG, INFO, WARNING, ERROR")
 
@@ -92,8 +105,13 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if value <= 0 and f.name not in ("timeout",):
+                if value <= 0 and f.name not in ("timeout",) and not (f.name == "fetch_max_redirects" and value == 0):
                     raise ConfigError(f"{self.env_name(f)} must be positive, not {value}")
+        for name, parse in (("fetch_ports", parse_ports), ("fetch_allow", Allowlist.parse)):
+            try:
+                parse(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigError(f"CLIP_{name.upper()} is not valid: {exc}") from None
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
 

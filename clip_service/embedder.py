@@ -10,13 +10,15 @@ import logging
 import os
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import open_clip
 import torch
 from open_clip.transformer import text_global_pool
 from PIL import Image
+
+from .tokenizer import bounded
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ class ClipEmbedder:
         self.max_batch = max_batch
         self.dimensions = int(_embed_dim(model))
         self.load_seconds: float | None = None
+        # Called as on_batch(modality, size, seconds) after each forward pass;
+        # the web layer hangs its metrics here so this module stays free of them.
+        self.on_batch: Callable[[str, int, float], None] | None = None
         # Serialise forward passes: concurrent passes on one CPU model only
         # oversubscribe the cores and make every request slower.
         self._forward_lock = threading.Lock()
@@ -94,7 +99,7 @@ class ClipEmbedder:
                 force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
                 cache_dir=cache_dir or None,
             )
-            tokenizer = open_clip.get_tokenizer(model_name)
+            tokenizer = bounded(open_clip.get_tokenizer(model_name))
         except Exception as exc:  # any failure here means "no usable weights"
             source = "pretrained tag" if tag_cfg else "checkpoint file"
             raise ModelLoadError(
@@ -118,8 +123,14 @@ class ClipEmbedder:
         for start in range(0, len(texts), self.max_batch):
             tokens = self.tokenizer(list(texts[start:start + self.max_batch])).to(self.device)
             with self._forward_lock, torch.inference_mode():
+                started = time.perf_counter()
                 chunks.append(self._encode_tokens(tokens).float().cpu().numpy())
+            self._observe("text", len(tokens), started)
         return np.concatenate(chunks)
+
+    def _observe(self, modality: str, size: int, started: float) -> None:
+        if self.on_batch is not None:
+            self.on_batch(modality, size, time.perf_counter() - started)
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         if self._can_trim_text:
@@ -138,14 +149,38 @@ class ClipEmbedder:
         for start in range(0, len(images), self.max_batch):
             pixels = torch.stack([self.preprocess(img) for img in images[start:start + self.max_batch]])
             with self._forward_lock, torch.inference_mode():
+                started = time.perf_counter()
                 chunks.append(self.model.encode_image(pixels.to(self.device), normalize=True)
                               .float().cpu().numpy())
+            self._observe("image", len(pixels), started)
         return np.concatenate(chunks)
 
     def warm_up(self) -> None:
         """Run one tiny text and image pass so the first real request pays no set-up cost."""
-        self.embed_texts(["warm-up"])
-        self.embed_images([Image.new("RGB", (32, 32), (127, 127, 127))])
+        with self._forward_lock:
+            self._encode_probe()
+
+    def probe(self, timeout: float) -> bool:
+        """Prove inference works: a tiny real pass, unless the model stays busy past ``timeout`` (wedged)."""
+        if not self._forward_lock.acquire(timeout=timeout):
+            return False
+        try:
+            texts, images = self._encode_probe()
+        except Exception:
+            return False
+        finally:
+            self._forward_lock.release()
+        norms = np.linalg.norm(np.concatenate([texts, images]), axis=1)
+        return bool(np.all(np.isfinite(norms)) and np.allclose(norms, 1.0, atol=1e-3))
+
+    def _encode_probe(self) -> tuple[np.ndarray, np.ndarray]:
+        """One text and one grey image through the model; the caller holds the forward lock."""
+        tokens = self.tokenizer(["warm-up"]).to(self.device)
+        pixels = self.preprocess(Image.new("RGB", (32, 32), (127, 127, 127)))[None].to(self.device)
+        with torch.inference_mode():
+            texts = self._encode_tokens(tokens).float().cpu().numpy()
+            images = self.model.encode_image(pixels, normalize=True).float().cpu().numpy()
+        return texts, images
 
 
 def supports_text_trimming(model) -> bool:

@@ -1,17 +1,82 @@
-"""Process-wide logging set-up."""
+"""Structured logs: one JSON object per line in Cloud Logging's format.
+
+Cloud Logging reads ``severity``, ``message``, ``time``,
+``logging.googleapis.com/trace`` and ``httpRequest`` from each line of stdout;
+everything else lands in ``jsonPayload``.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from datetime import datetime, timezone
+
+from pythonjsonlogger.json import JsonFormatter
+
+from .request_context import current_log_fields
+
+TRACE_KEY = "logging.googleapis.com/trace"
+
+
+class CloudLoggingFormatter(JsonFormatter):
+    """JSON lines with Cloud Logging's field names, plus the current request's id and trace."""
+
+    def __init__(self):
+        super().__init__("%(message)s %(levelname)s %(name)s",
+                         rename_fields={"levelname": "severity", "name": "logger"})
+
+    def add_fields(self, log_record, record, message_dict):
+        super().add_fields(log_record, record, message_dict)
+        log_record["time"] = datetime.fromtimestamp(record.created, timezone.utc).isoformat()
+        log_record["pid"] = record.process
+        if log_record.get("severity") == "WARN":
+            log_record["severity"] = "WARNING"
+
+
+
+
+def install_request_fields() -> None:
+    """Stamp every log record made during a request with its id and trace, when it is made.
+
+    A record factory (not a handler filter) so the fields are right whichever
+    handler formats the record, and later: formatting may happen after the
+    request has ended.
+    """
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "_clip_service", False):
+        return
+
+    def make_record(*args, **kwargs):
+        record = factory(*args, **kwargs)
+        for key, value in current_log_fields().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return record
+
+    make_record._clip_service = True
+    logging.setLogRecordFactory(make_record)
+
+
+def json_handler(stream=None) -> logging.Handler:
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(CloudLoggingFormatter())
+    handler._clip_service = True
+    return handler
 
 
 def configure_logging(level: str) -> None:
-    """Send log records to stderr at ``level``; idempotent."""
+    """Send JSON log lines to stdout at ``level``; idempotent."""
     root = logging.getLogger()
     root.setLevel(level.upper())
     if not any(getattr(h, "_clip_service", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler._clip_service = True
-        root.addHandler(handler)
+        root.addHandler(json_handler())
+    # open_clip logs its loading steps at INFO on the root logger; keep them
+    # unless asked for DEBUG, and quieten chatty libraries.
+    for noisy in ("urllib3", "PIL", "huggingface_hub", "filelock"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def gcp_project() -> str | None:
+    """The project for trace links: GOOGLE_CLOUD_PROJECT, when the platform sets it."""
+    return os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCP_PROJECT") or None

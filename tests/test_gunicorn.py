@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -38,8 +38,7 @@ class GunicornProcess:
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PORT": str(self.port), **env}
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.port}",
-             "--access-logformat", "%(p)s %(s)s %(U)s", *extra_args],
+            [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.port}", *extra_args],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_healthy(self, timeout: float = 120) -> None:
@@ -50,8 +49,8 @@ class GunicornProcess:
             try:
                 if requests.get(self.base + "/health", timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or a worker still booting
             time.sleep(0.3)
         raise AssertionError(f"gunicorn not healthy after {timeout}s:\n{self.output()[-3000:]}")
 
@@ -70,8 +69,23 @@ class GunicornProcess:
         return self.proc.returncode
 
 
-def worker_pids(log: str, path: str) -> set[str]:
-    return set(re.findall(rf"^<(\d+)> 200 {re.escape(path)}$", log, flags=re.M))
+def log_records(log: str) -> list[dict]:
+    """The JSON lines of a Gunicorn log (startup messages from libraries may not be JSON)."""
+    records = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                pass
+    return records
+
+
+def worker_pids(log: str, path: str) -> set[int]:
+    """Pids of the workers whose access log shows a 200 for ``path``."""
+    return {r["pid"] for r in log_records(log)
+            if r.get("logger") == "gunicorn.access" and r["httpRequest"]["requestUrl"] == path
+            and r["httpRequest"]["status"] == 200}
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +103,8 @@ def test_preloaded_gunicorn_with_two_workers_serves_correct_vectors(
         # Two torch threads per worker: without the fork-hazard handling the
         # workers hang at their first parallel op and this test times out.
         "CLIP_TORCH_THREADS": "2",
+        # Loopback is blocked by default; exempt only the test image server.
+        "CLIP_FETCH_ALLOW": f"{image_server.host}:{image_server.port}",
     }, tmp_path / "gunicorn.log")
     try:
         server.wait_healthy()

@@ -8,6 +8,7 @@ from flask_smorest import Blueprint
 from ..embedder import ClipEmbedder
 from ..fetcher import FetchError, ImageFetcher
 from ..jsonio import json_response
+from ..observability import record_item_failures
 from ..schemas import (ErrorEnvelopeSchema, ImageEmbedRequestSchema, ImageEmbeddingsSchema,
                        MixedEmbedRequestSchema, MixedEmbeddingsSchema, TextEmbeddingsSchema,
                        TextEmbedRequestSchema)
@@ -40,6 +41,7 @@ def embed_urls(urls: list[str]) -> tuple[list, list[dict]]:
         slots[i] = vectors[row]
     errors = [{"index": i, "url": url, "code": item.code, "message": item.message}
               for i, (url, item) in enumerate(zip(urls, fetched)) if isinstance(item, FetchError)]
+    record_item_failures(e["code"] for e in errors)
     return slots, errors
 
 

@@ -1,0 +1,46 @@
+"""Gunicorn's own logs (errors and access) as Cloud Logging JSON lines."""
+
+from __future__ import annotations
+
+import logging
+
+from gunicorn import glogging
+
+from .logging_setup import TRACE_KEY, CloudLoggingFormatter, gcp_project
+from .request_context import parse_trace
+
+
+class JsonGunicornLogger(glogging.Logger):
+    """Gunicorn's logger with JSON formatting and a structured ``httpRequest`` access record."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(CloudLoggingFormatter())
+
+    def access(self, resp, req, environ, request_time):
+        if not self.access_log_enabled:
+            return
+        headers = {name.lower(): value for name, value in (resp.headers or [])}
+        query = f"?{req.query}" if req.query else ""
+        extra = {"httpRequest": {
+            "requestMethod": req.method,
+            "requestUrl": req.path + query,
+            "status": resp.status_code,
+            "responseSize": str(getattr(resp, "sent", 0) or 0),
+            "userAgent": environ.get("HTTP_USER_AGENT", ""),
+            "remoteIp": environ.get("REMOTE_ADDR", ""),
+            "protocol": environ.get("SERVER_PROTOCOL", ""),
+            "latency": f"{request_time.total_seconds():.6f}s",
+        }}
+        request_id = headers.get("x-request-id")
+        if request_id:
+            extra["request_id"] = request_id
+        trace, span = parse_trace(environ.get("HTTP_X_CLOUD_TRACE_CONTEXT"), gcp_project())
+        if trace:
+            extra[TRACE_KEY] = trace
+        try:
+            self.access_log.log(logging.INFO, "%s %s %s", req.method, req.path, resp.status_code, extra=extra)
+        except Exception:
+            self.exception("access log failed")

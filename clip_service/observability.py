@@ -1,0 +1,74 @@
+"""Request ids, one summary log line per request, and Prometheus counters, wired into the app."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, request
+
+from . import metrics, request_context
+from .logging_setup import gcp_project, install_request_fields
+
+log = logging.getLogger("clip_service.request")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+def record_batch(modality: str, size: int, seconds: float) -> None:
+    """Embedder callback: one forward pass of ``size`` items took ``seconds``."""
+    metrics.BATCH_SIZE.labels(modality).observe(size)
+    metrics.INFERENCE_SECONDS.labels(modality).observe(seconds)
+    metrics.ITEMS.labels(modality).inc(size)
+    request_context.count_items(modality, size)
+
+
+def record_item_failures(codes) -> None:
+    for code in codes:
+        metrics.ITEM_FAILURES.labels(code).inc()
+        request_context.count_failure(code)
+
+
+def _begin() -> None:
+    g.clip_started = time.perf_counter()
+    request_context.begin(request.headers.get(REQUEST_ID_HEADER),
+                          request.headers.get("X-Cloud-Trace-Context"), gcp_project())
+
+
+def _finish(response: Response) -> Response:
+    info = request_context.current()
+    started = g.get("clip_started")
+    if info is None or started is None:
+        return response
+    latency = time.perf_counter() - started
+    # The route pattern, not the raw path, so junk URLs cannot explode label cardinality.
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    response.headers[REQUEST_ID_HEADER] = info.request_id
+    metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+    metrics.LATENCY.labels(endpoint).observe(latency)
+    if endpoint not in _QUIET_ENDPOINTS or response.status_code >= 400:
+        log.info("%s %s %s", request.method, endpoint, response.status_code, extra={
+            "endpoint": endpoint, "method": request.method, "status": response.status_code,
+            "items": dict(info.items), "failures": dict(info.failures),
+            "latency_ms": round(latency * 1000, 1)})
+    return response
+
+
+def _teardown(_exc) -> None:
+    request_context.end()
+
+
+# Probes and scrapes arrive every few seconds; their summary lines are noise.
+_QUIET_ENDPOINTS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+
+
+def init_app(app: Flask) -> None:
+    install_request_fields()
+    app.before_request(_begin)
+    app.after_request(_finish)
+    app.teardown_request(_teardown)
+    embedder = app.extensions.get("clip_embedder")
+    if embedder is not None:
+        embedder.on_batch = record_batch
+        if embedder.load_seconds is not None:
+            metrics.MODEL_LOAD_SECONDS.set(embedder.load_seconds)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from flask import Flask
-from flask_smorest import Api
 
 from . import observability
 from .config import Settings
@@ -14,6 +13,7 @@ from .errors import register_error_handlers
 from .fetcher import ImageFetcher
 from .jsonio import OrjsonProvider
 from .logging_setup import configure_logging
+from .openapi import create_api
 from .readiness import ReadinessCheck
 
 
@@ -48,6 +48,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
     if embedder is None:
         embedder = ClipEmbedder.load(settings.model_name, settings.pretrained, settings.device,
                                      cache_dir=settings.cache_dir, max_batch=settings.max_batch)
+    if settings.batching:
+        embedder.enable_batching(max_queue=settings.batch_max_queue, window_s=settings.batch_window_ms / 1000)
     app.extensions["clip_embedder"] = embedder
     app.extensions["clip_fetcher"] = ImageFetcher(
         connect_timeout=settings.fetch_connect_timeout,
@@ -68,7 +70,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
     app.extensions["clip_readiness"] = ReadinessCheck(
         embedder, ttl=settings.ready_cache_seconds, timeout=settings.ready_timeout)
 
-    api = Api(app)
+    api = create_api(app, settings)
     from .views import embeddings, health, metrics
 
     api.register_blueprint(embeddings.bp)

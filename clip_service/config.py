@@ -21,8 +21,9 @@ class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
-def _setting(default: Any, env: str | None = None, doc: str = ""):
-    return field(default=default, metadata={"env": env, "doc": doc})
+def _setting(default: Any, env: str | None = None, doc: str = "", minimum: float | None = None):
+    """A setting; numbers must be positive unless ``minimum`` allows more (e.g. 0)."""
+    return field(default=default, metadata={"env": env, "doc": doc, "minimum": minimum})
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class Settings:
     device: str = _setting("auto", doc="auto, cpu or cuda (auto picks CUDA when present)")
     cache_dir: str = _setting("", doc="where open_clip caches downloaded weights ('' = its default)")
     max_batch: int = _setting(64, doc="largest batch sent through the model in one forward pass")
+    batching: bool = _setting(True, doc="merge concurrent requests' items into shared forward passes")
+    batch_window_ms: float = _setting(0.0, doc="extra wait (ms) for more work before a batch runs (0 = none)",
+                                      minimum=0)
+    batch_max_queue: int = _setting(512, doc="items waiting for the model per worker before 503 + Retry-After")
 
     # --- request limits ----------------------------------------------------
     max_texts: int = _setting(256, doc="most texts in one request")
@@ -52,9 +57,9 @@ class Settings:
     fetch_max_bytes: int = _setting(20 * 1024 * 1024, doc="largest image download (bytes)")
     max_image_pixels: int = _setting(50_000_000, doc="largest image (width x height) that is decoded")
     fetch_user_agent: str = _setting("clip-service/1.0", doc="User-Agent sent to image hosts")
-    fetch_total_timeout: float = _setting(20.0, doc="seconds one image may take, DNS to last byte")
+    fetch_total_timeout: float = _setting(20.0, doc="seconds one image may take in all (connect, redirects, reads)")
     fetch_request_timeout: float = _setting(30.0, doc="seconds all the images of one request may take")
-    fetch_max_redirects: int = _setting(3, doc="redirects followed per image (0 follows none)")
+    fetch_max_redirects: int = _setting(3, doc="redirects followed per image (0 follows none)", minimum=0)
     fetch_worker_concurrency: int = _setting(16, doc="downloads in flight per worker, all requests together")
     fetch_ports: str = _setting("80,443", doc="comma-separated ports image URLs may use")
     fetch_allow: str = _setting("", doc="comma-separated host:port pairs and CIDR blocks exempt from the "
@@ -105,8 +110,10 @@ class Settings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if value <= 0 and f.name not in ("timeout",) and not (f.name == "fetch_max_redirects" and value == 0):
-                    raise ConfigError(f"{self.env_name(f)} must be positive, not {value}")
+                minimum = f.metadata.get("minimum")
+                if (value < minimum) if minimum is not None else (value <= 0):
+                    bound = "positive" if minimum is None else f"at least {minimum:g}"
+                    raise ConfigError(f"{self.env_name(f)} must be {bound}, not {value}")
         for name, parse in (("fetch_ports", parse_ports), ("fetch_allow", Allowlist.parse)):
             try:
                 parse(getattr(self, name))

@@ -16,6 +16,8 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.transformer import text_global_pool
+
+from .batching import MicroBatcher
 from PIL import Image
 
 from .tokenizer import bounded
@@ -71,6 +73,7 @@ class ClipEmbedder:
         # Serialise forward passes: concurrent passes on one CPU model only
         # oversubscribe the cores and make every request slower.
         self._forward_lock = threading.Lock()
+        self._batchers: dict[str, MicroBatcher] = {}
 
     @property
     def pretrained_label(self) -> str:
@@ -115,45 +118,58 @@ class ClipEmbedder:
                  embedder.load_seconds)
         return embedder
 
+    def enable_batching(self, *, max_queue: int, window_s: float = 0.0) -> None:
+        """Merge concurrent calls into shared forward passes (see batching.py)."""
+        self._batchers = {
+            modality: MicroBatcher(lambda payloads, m=modality: self._forward_many(m, payloads),
+                                   max_batch=self.max_batch, max_queue=max_queue, window_s=window_s,
+                                   name=f"{modality}-batcher")
+            for modality in ("text", "image")
+        }
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Return one L2-normalised float32 row per text."""
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        chunks = []
-        for start in range(0, len(texts), self.max_batch):
-            tokens = self.tokenizer(list(texts[start:start + self.max_batch])).to(self.device)
-            with self._forward_lock, torch.inference_mode():
-                started = time.perf_counter()
-                chunks.append(self._encode_tokens(tokens).float().cpu().numpy())
-            self._observe("text", len(tokens), started)
-        return np.concatenate(chunks)
-
-    def _observe(self, modality: str, size: int, started: float) -> None:
-        if self.on_batch is not None:
-            self.on_batch(modality, size, time.perf_counter() - started)
-
-    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self._can_trim_text:
-            return encode_text_trimmed(self.model, tokens)
-        return self.model.encode_text(tokens, normalize=True)
-
-    @property
-    def _can_trim_text(self) -> bool:
-        return supports_text_trimming(self.model)
+        return self._run("text", self.tokenizer(list(texts)))
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Return one L2-normalised float32 row per RGB image."""
         if not images:
             return np.zeros((0, self.dimensions), dtype=np.float32)
+        # Preprocessing runs in the caller's thread, overlapping other requests' forward passes.
+        return self._run("image", torch.stack([self.preprocess(img) for img in images]))
+
+    def _run(self, modality: str, inputs: torch.Tensor) -> np.ndarray:
+        batcher = self._batchers.get(modality)
+        if batcher is None:
+            return self._forward(modality, inputs)
+        return batcher.submit(inputs, len(inputs))
+
+    def _forward_many(self, modality: str, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        merged = self._forward(modality, inputs[0] if len(inputs) == 1 else torch.cat(list(inputs)))
+        bounds = np.cumsum([len(x) for x in inputs])[:-1]
+        return np.split(merged, bounds)
+
+    def _forward(self, modality: str, inputs: torch.Tensor) -> np.ndarray:
+        encode = self._encode_tokens if modality == "text" else self._encode_pixels
         chunks = []
-        for start in range(0, len(images), self.max_batch):
-            pixels = torch.stack([self.preprocess(img) for img in images[start:start + self.max_batch]])
+        for start in range(0, len(inputs), self.max_batch):
+            part = inputs[start:start + self.max_batch].to(self.device)
             with self._forward_lock, torch.inference_mode():
                 started = time.perf_counter()
-                chunks.append(self.model.encode_image(pixels.to(self.device), normalize=True)
-                              .float().cpu().numpy())
-            self._observe("image", len(pixels), started)
-        return np.concatenate(chunks)
+                chunks.append(encode(part).float().cpu().numpy())
+            if self.on_batch is not None:
+                self.on_batch(modality, len(part), time.perf_counter() - started)
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if supports_text_trimming(self.model):
+            return encode_text_trimmed(self.model, tokens)
+        return self.model.encode_text(tokens, normalize=True)
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels, normalize=True)
 
     def warm_up(self) -> None:
         """Run one tiny text and image pass so the first real request pays no set-up cost."""
@@ -179,7 +195,7 @@ class ClipEmbedder:
         pixels = self.preprocess(Image.new("RGB", (32, 32), (127, 127, 127)))[None].to(self.device)
         with torch.inference_mode():
             texts = self._encode_tokens(tokens).float().cpu().numpy()
-            images = self.model.encode_image(pixels, normalize=True).float().cpu().numpy()
+            images = self._encode_pixels(pixels).float().cpu().numpy()
         return texts, images
 
 

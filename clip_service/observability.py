@@ -16,11 +16,15 @@ REQUEST_ID_HEADER = "X-Request-ID"
 
 
 def record_batch(modality: str, size: int, seconds: float) -> None:
-    """Embedder callback: one forward pass of ``size`` items took ``seconds``."""
+    """Embedder callback (from the batching thread): one forward pass of ``size`` items took ``seconds``."""
     metrics.BATCH_SIZE.labels(modality).observe(size)
     metrics.INFERENCE_SECONDS.labels(modality).observe(seconds)
-    metrics.ITEMS.labels(modality).inc(size)
-    request_context.count_items(modality, size)
+
+
+def record_embedded(modality: str, n: int) -> None:
+    """A request had ``n`` items of ``modality`` embedded."""
+    metrics.ITEMS.labels(modality).inc(n)
+    request_context.count_items(modality, n)
 
 
 def record_item_failures(codes) -> None:

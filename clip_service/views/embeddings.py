@@ -7,14 +7,27 @@ from flask_smorest import Blueprint
 
 from ..embedder import ClipEmbedder
 from ..fetcher import FetchError, ImageFetcher
-from ..jsonio import json_response
-from ..observability import record_item_failures
+from ..jsonio import JsonBodyParser, json_response
+from ..observability import record_embedded, record_item_failures
 from ..schemas import (ErrorEnvelopeSchema, ImageEmbedRequestSchema, ImageEmbeddingsSchema,
                        MixedEmbedRequestSchema, MixedEmbeddingsSchema, TextEmbeddingsSchema,
                        TextEmbedRequestSchema)
 
 bp = Blueprint("embeddings", __name__, url_prefix="/embed",
                description="Turn texts and images into L2-normalised CLIP vectors.")
+bp.ARGUMENTS_PARSER = JsonBodyParser()  # 415/400 for bodies that are not UTF-8 JSON
+
+
+def _documents_body_errors(view):
+    """Document the 4xx answers every JSON-body endpoint gives, all in the error envelope."""
+    for status, description in [
+        (400, "The body is empty, not UTF-8, not JSON, or nested too deeply."),
+        (413, "The body is larger than CLIP_MAX_BODY_BYTES."),
+        (415, "The Content-Type is not application/json (UTF-8)."),
+        (422, "The JSON is not a valid request: see errors, field by field."),
+    ]:
+        view = bp.alt_response(status, schema=ErrorEnvelopeSchema, description=description)(view)
+    return view
 
 
 def _embedder() -> ClipEmbedder:
@@ -31,11 +44,18 @@ def _model_info() -> dict:
             "dimensions": embedder.dimensions}
 
 
+def embed_texts(texts: list[str]):
+    vectors = _embedder().embed_texts(texts)
+    record_embedded("text", len(texts))
+    return vectors
+
+
 def embed_urls(urls: list[str]) -> tuple[list, list[dict]]:
     """Fetch and embed ``urls`` as one batch; failed slots hold [] and get an error entry."""
     fetched = _fetcher().fetch_images(urls)
     good = [i for i, item in enumerate(fetched) if not isinstance(item, FetchError)]
     vectors = _embedder().embed_images([fetched[i] for i in good])
+    record_embedded("image", len(good))
     slots: list = [[] for _ in urls]
     for row, i in enumerate(good):
         slots[i] = vectors[row]
@@ -48,17 +68,17 @@ def embed_urls(urls: list[str]) -> tuple[list, list[dict]]:
 @bp.route("/text", methods=["POST"])
 @bp.arguments(TextEmbedRequestSchema)
 @bp.response(200, TextEmbeddingsSchema)
-@bp.alt_response(422, schema=ErrorEnvelopeSchema, description="The body is not a valid request.")
+@_documents_body_errors
 def embed_text(body):
     """Embed texts."""
-    vectors = _embedder().embed_texts(body["texts"])
+    vectors = embed_texts(body["texts"])
     return json_response({"embeddings": vectors, **_model_info()})
 
 
 @bp.route("/image", methods=["POST"])
 @bp.arguments(ImageEmbedRequestSchema)
 @bp.response(200, ImageEmbeddingsSchema)
-@bp.alt_response(422, schema=ErrorEnvelopeSchema, description="The body is not a valid request.")
+@_documents_body_errors
 def embed_image(body):
     """Download images by URL and embed them; a failed image leaves [] in its slot."""
     slots, errors = embed_urls(body["urls"])
@@ -68,10 +88,10 @@ def embed_image(body):
 @bp.route("/mixed", methods=["POST"])
 @bp.arguments(MixedEmbedRequestSchema)
 @bp.response(200, MixedEmbeddingsSchema)
-@bp.alt_response(422, schema=ErrorEnvelopeSchema, description="The body is not a valid request.")
+@_documents_body_errors
 def embed_mixed(body):
     """Embed texts and images in one call."""
     slots, errors = embed_urls(body["urls"]) if body["urls"] else ([], [])
-    text_vectors = _embedder().embed_texts(body["texts"])
+    text_vectors = embed_texts(body["texts"])
     return json_response({"text_embeddings": text_vectors, "image_embeddings": slots,
                           "errors": errors, **_model_info()})

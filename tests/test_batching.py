@@ -1,0 +1,129 @@
+"""Concurrent requests share forward passes; results stay per caller; a full queue sheds load."""
+
+import multiprocessing
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from clip_service import create_app
+from clip_service.batching import MicroBatcher, Overloaded
+from clip_service.embedder import ClipEmbedder
+
+from .conftest import TINY_MODEL, reference_text_vectors
+
+
+def _slow_doubler(calls):
+    def fn(payloads):
+        calls.append([len(p) for p in payloads])
+        time.sleep(0.05)
+        return [[2 * x for x in p] for p in payloads]
+    return fn
+
+
+def test_concurrent_submits_share_batches_and_get_their_own_results():
+    calls = []
+    batcher = MicroBatcher(_slow_doubler(calls), max_batch=64, max_queue=100)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: batcher.submit([i, i + 100], 2), range(16)))
+    assert results == [[2 * i, 2 * (i + 100)] for i in range(16)]
+    assert len(calls) < 16  # some calls carried several callers' items
+    assert max(sum(c) for c in calls) <= 64
+
+
+def test_batches_respect_max_batch():
+    calls = []
+    batcher = MicroBatcher(_slow_doubler(calls), max_batch=4, max_queue=100)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: batcher.submit([i, i], 2), range(12)))
+    assert all(sum(c) <= 4 for c in calls)
+
+
+def test_errors_reach_every_caller_in_the_batch_and_the_thread_survives():
+    def fail_on_negative(payloads):
+        time.sleep(0.02)
+        if any(x < 0 for p in payloads for x in p):
+            raise ValueError("negative")
+        return payloads
+
+    batcher = MicroBatcher(fail_on_negative, max_batch=64, max_queue=100)
+    with pytest.raises(ValueError):
+        batcher.submit([-1], 1)
+    assert batcher.submit([5], 1) == [5]
+
+
+def test_full_queue_raises_overloaded():
+    gate = threading.Event()
+
+    def blocked(payloads):
+        gate.wait(10)
+        return payloads
+
+    batcher = MicroBatcher(blocked, max_batch=8, max_queue=3)
+    pool = ThreadPoolExecutor(2)
+    running = pool.submit(batcher.submit, [1], 1)  # taken by the batch thread, then blocks
+    time.sleep(0.1)
+    queued = pool.submit(batcher.submit, [2, 3], 2)  # waits in the queue
+    time.sleep(0.1)
+    with pytest.raises(Overloaded):
+        batcher.submit([4, 5], 2)
+    gate.set()
+    assert running.result(5) == [1] and queued.result(5) == [2, 3]
+    pool.shutdown()
+
+
+def _child_uses_batcher(batcher, queue):
+    queue.put(batcher.submit([21], 1))
+
+
+def test_a_forked_child_starts_its_own_batching_thread():
+    batcher = MicroBatcher(lambda ps: [[2 * x for x in p] for p in ps], max_batch=8, max_queue=8)
+    assert batcher.submit([1], 1) == [2]  # thread started in the parent
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_uses_batcher, args=(batcher, queue))
+    child.start()
+    child.join(20)
+    assert child.exitcode == 0 and queue.get(timeout=5) == [42]
+
+
+def test_batched_embedder_gives_open_clip_vectors_to_concurrent_callers(tiny_checkpoint, reference_model):
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    embedder.enable_batching(max_queue=512)
+    sizes = []
+    embedder.on_batch = lambda modality, size, seconds: sizes.append(size)
+    texts = [f"text {i} " + "word " * (i % 7) for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda t: embedder.embed_texts([t])[0], texts))
+    expected = reference_text_vectors(reference_model, texts)
+    assert np.abs(np.asarray(got) - expected).max() <= 1e-5
+    assert sum(sizes) == 24
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    app = create_app({"TESTING": True, "batch_max_queue": 2}, embedder=embedder)
+    client = app.test_client()
+    batcher = embedder._batchers["text"]
+    embedder._forward_lock.acquire()  # the model is busy
+    pool = ThreadPoolExecutor(2)
+    try:
+        first = pool.submit(client.post, "/embed/text", json={"texts": ["a"]})
+        deadline = time.monotonic() + 5
+        while batcher._pid is None or batcher._jobs:  # wait until the batch thread took it
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        second = pool.submit(client.post, "/embed/text", json={"texts": ["b", "c"]})
+        while batcher._queued < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        response = client.post("/embed/text", json={"texts": ["d"]})
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert response.get_json()["code"] == 503
+    finally:
+        embedder._forward_lock.release()
+    assert first.result(10).status_code == 200 and second.result(10).status_code == 200
+    assert client.post("/embed/text", json={"texts": ["e"]}).status_code == 200
+    pool.shutdown()

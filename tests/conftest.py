@@ -58,8 +58,10 @@ def reference_model(tiny_checkpoint):
 
 
 @pytest.fixture
-def app(tiny_embedder):
-    return create_app({"TESTING": True}, embedder=tiny_embedder)
+def app(tiny_embedder, image_server):
+    # Loopback is blocked by default; exempt exactly the test image server's host:port.
+    return create_app({"TESTING": True, "fetch_allow": f"{image_server.host}:{image_server.port}"},
+                      embedder=tiny_embedder)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         server: ImageServer = self.server.owner
-        server.record(self.path)
+        server.record(self.path, dict(self.headers))
         route = server.routes.get(self.path.split("?")[0])
         if route is None:
             self.send_response(404)
@@ -36,9 +36,10 @@ class _Handler(BaseHTTPRequestHandler):
 class ImageServer:
     """Serve ``routes`` (path -> (content type, bytes) or a handler function) on a free port."""
 
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", ssl_context=None):
         self.routes: dict[str, tuple[str, bytes] | Callable] = {}
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []  # the request headers, in the order of ``requests``
         self.connections = 0
         self._lock = threading.Lock()
         owner = self
@@ -51,18 +52,35 @@ class ImageServer:
                     owner.connections += 1
                 return True
 
+            def get_request(self):
+                sock, address = super().get_request()
+                if ssl_context is not None:  # HTTPS: the TLS handshake runs in the handler's thread
+                    sock = ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                return sock, address
+
+            def finish_request(self, request, client_address):
+                if ssl_context is not None:
+                    try:
+                        request.do_handshake()
+                    except OSError:
+                        return
+                super().finish_request(request, client_address)
+
         self._httpd = _Server((host, 0), _Handler)
         self._httpd.owner = self
         self.host = host
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self.scheme = "https" if ssl_context is not None else "http"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
-    def record(self, path: str) -> None:
+    def record(self, path: str, headers: dict[str, str] | None = None) -> None:
         with self._lock:
             self.requests.append(path)
+            self.headers.append(headers or {})
 
-    def url(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
+    def url(self, path: str, host: str | None = None) -> str:
+        return f"{self.scheme}://{host or self.host}:{self.port}{path}"
 
     def add(self, path: str, body: bytes, content_type: str = "application/octet-stream") -> str:
         self.routes[path] = (content_type, body)

@@ -65,6 +65,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
         allowed_ports=settings.fetch_ports,
         allow=settings.fetch_allow,
         max_url_chars=settings.max_url_chars,
+        # Decode big JPEGs at a reduced scale that still covers the model's input.
+        draft_size=embedder.input_size if settings.jpeg_draft else None,
     )
 
     app.extensions["clip_readiness"] = ReadinessCheck(

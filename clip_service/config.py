@@ -55,6 +55,7 @@ class Settings:
     fetch_read_timeout: float = _setting(10.0, doc="seconds to wait for each read from an image host")
     fetch_concurrency: int = _setting(8, doc="downloads in flight per request")
     fetch_max_bytes: int = _setting(20 * 1024 * 1024, doc="largest image download (bytes)")
+    jpeg_draft: bool = _setting(True, doc="decode large JPEGs at a reduced scale (>= 2x the model input)")
     max_image_pixels: int = _setting(50_000_000, doc="largest image (width x height) that is decoded")
     fetch_user_agent: str = _setting("clip-service/1.0", doc="User-Agent sent to image hosts")
     fetch_total_timeout: float = _setting(20.0, doc="seconds one image may take in all (connect, redirects, reads)")

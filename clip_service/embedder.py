@@ -76,6 +76,12 @@ class ClipEmbedder:
         self._batchers: dict[str, MicroBatcher] = {}
 
     @property
+    def input_size(self) -> int:
+        """The short side, in pixels, of the images the model sees."""
+        size = getattr(self.model.visual, "image_size", 224)
+        return int(min(size) if isinstance(size, (tuple, list)) else size)
+
+    @property
     def pretrained_label(self) -> str:
         """The tag, or only the file name of a local checkpoint (its directory is nobody's business)."""
         return os.path.basename(self.pretrained) if os.path.isfile(self.pretrained) else self.pretrained

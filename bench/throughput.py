@@ -1,0 +1,235 @@
+"""Throughput and latency of the service against plain in-process open_clip, side by side in one run.
+
+    python bench/throughput.py            # writes bench/results/throughput.md
+
+Starts Gunicorn on a fixed-seed random ViT-B-32 checkpoint (same FLOPs as the
+real weights) and a local server with the photographs in ../shared/images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import PHOTOS, MemorySampler, PhotoServer, Service, checkpoint, run_load  # noqa: E402
+
+WORDS = ("cat dog sunset beach mountain city street car red blue small large old new photo of a the "
+         "with on in near under wooden metal glass painting drawing portrait landscape river forest "
+         "snow rain night day happy child woman man bicycle train boat flower garden kitchen").split()
+
+
+def make_texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) for _ in range(n)]
+
+
+TEXTS = make_texts(512)
+BATCH_URL_FILES = [f"photo640/{p.name}" for p in sorted((PHOTOS / "photo640").iterdir())] + \
+    ["orig/rocket.jpg", "orig/retina.jpg"]  # 16 JPEGs
+LARGE_FILES = [f"large/{p.name}" for p in sorted((PHOTOS / "large").iterdir())]
+
+
+def post_json(session, url, body) -> bool:
+    response = session.post(url, data=orjson.dumps(body), headers={"Content-Type": "application/json"},
+                            timeout=120)
+    if response.status_code != 200:
+        return False
+    payload = response.json()
+    return not payload.get("errors")
+
+
+def service_scenarios(svc: Service, photos: PhotoServer, *, only: tuple[str, ...] | None = None) -> dict:
+    rng = random.Random(1)
+    batch_urls = [photos.url(f) for f in BATCH_URL_FILES]
+    large_urls = [photos.url(f) for f in LARGE_FILES]
+    scenarios = {
+        "text batch 32, 2 clients": (lambda s: post_json(s, svc.base + "/embed/text",
+                                                         {"texts": rng.sample(TEXTS, 32)}), 2, 40, 32),
+        "single text, 8 clients": (lambda s: post_json(s, svc.base + "/embed/text",
+                                                       {"texts": [rng.choice(TEXTS)]}), 8, 480, 1),
+        "single text, 1 client": (lambda s: post_json(s, svc.base + "/embed/text",
+                                                      {"texts": [rng.choice(TEXTS)]}), 1, 60, 1),
+        "image batch 16 URLs, 2 clients": (lambda s: post_json(s, svc.base + "/embed/image",
+                                                               {"urls": batch_urls}), 2, 10, 16),
+        "single image, 8 clients": (lambda s: post_json(s, svc.base + "/embed/image",
+                                                        {"urls": [rng.choice(batch_urls)]}), 8, 96, 1),
+        "single image, 1 client": (lambda s: post_json(s, svc.base + "/embed/image",
+                                                       {"urls": [rng.choice(batch_urls)]}), 1, 24, 1),
+        "12 MP JPEG, 2 clients": (lambda s: post_json(s, svc.base + "/embed/image",
+                                                      {"urls": [rng.choice(large_urls)]}), 2, 16, 1),
+    }
+    results = {}
+    for name, (send, clients, total, items) in scenarios.items():
+        if only and name not in only:
+            continue
+        post_json(__import__("requests").Session(), svc.base + "/embed/text", {"texts": ["warm"]})
+        results[name] = run_load(send, clients=clients, requests_total=total, items_per_request=items)
+        print(f"  {name}: {results[name]}", flush=True)
+    return results
+
+
+def in_process_baselines(threads: int) -> dict:
+    """Plain open_clip on the same machine: the limit the service is measured against."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(threads)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint()))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    images = [Image.open(PHOTOS / f).convert("RGB") for f in BATCH_URL_FILES]
+    results = {}
+
+    def timed(fn, items: int, rounds: int) -> dict:
+        fn()
+        latencies = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            fn()
+            latencies.append(time.perf_counter() - started)
+        return {"items_per_s": items * rounds / sum(latencies),
+                "p50_ms": 1000 * float(np.median(latencies)), "p95_ms": 1000 * float(np.percentile(latencies, 95))}
+
+    with torch.inference_mode():
+        batch = TEXTS[:32]
+        results["open_clip encode_text, batch 32 (full 77 tokens)"] = timed(
+            lambda: model.encode_text(tokenizer(batch), normalize=True), 32, 10)
+        results["open_clip preprocess + encode_image, batch 16"] = timed(
+            lambda: model.encode_image(torch.stack([preprocess(i) for i in images]), normalize=True), 16, 6)
+    for name, value in results.items():
+        print(f"  {name}: {value}", flush=True)
+    return results
+
+
+def json_microbench() -> dict:
+    vectors = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
+    body = {"embeddings": vectors}
+    as_lists = {"embeddings": vectors.tolist()}
+
+    def best(fn, rounds=20):
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    from clip_service.jsonio import dumps_bytes
+
+    ours = best(lambda: dumps_bytes(body))
+    stdlib = best(lambda: json.dumps(as_lists))
+    stdlib_with_tolist = best(lambda: json.dumps({"embeddings": vectors.tolist()}))
+    return {"orjson_ms": ours * 1000, "stdlib_ms": stdlib * 1000, "stdlib_incl_tolist_ms": stdlib_with_tolist * 1000}
+
+
+def decode_microbench() -> dict:
+    """Full JPEG decode + preprocess vs draft-mode decode + preprocess of 12 MP photos, and the cosine."""
+    import open_clip
+    import torch
+
+    from clip_service.images import decode_image
+
+    torch.set_num_threads(1)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint()))
+    model.eval()
+    out = {}
+    full_t, draft_t, cosines = [], [], []
+    for f in LARGE_FILES:
+        data = (PHOTOS / f).read_bytes()
+        for draft, bucket in ((None, full_t), (224, draft_t)):
+            started = time.perf_counter()
+            for _ in range(3):
+                pixels = preprocess(decode_image(data, max_pixels=10**8, draft_size=draft))
+            bucket.append((time.perf_counter() - started) / 3)
+        with torch.inference_mode():
+            a = model.encode_image(preprocess(decode_image(data, max_pixels=10**8))[None], normalize=True)
+            b = model.encode_image(preprocess(decode_image(data, max_pixels=10**8, draft_size=224))[None],
+                                   normalize=True)
+        cosines.append(float((a * b).sum()))
+    out["full_decode_ms"] = 1000 * float(np.mean(full_t))
+    out["draft_decode_ms"] = 1000 * float(np.mean(draft_t))
+    out["min_cosine"] = min(cosines)
+    return out
+
+
+def main() -> None:
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    checkpoint()
+    photos = PhotoServer()
+    report: dict = {}
+
+    print("in-process open_clip (2 torch threads: both cores)", flush=True)
+    report["baseline"] = in_process_baselines(threads=2)
+    report["json"] = json_microbench()
+    print(f"  json: {report['json']}", flush=True)
+    report["decode"] = decode_microbench()
+    print(f"  decode: {report['decode']}", flush=True)
+
+    configs = {
+        "default (2 workers x 4 threads, 1 torch thread, batching on)": {},
+        "batching off": {"CLIP_BATCHING": "false"},
+        "1 worker x 8 threads, 2 torch threads": {"CLIP_WORKERS": "1", "CLIP_THREADS": "8",
+                                                  "CLIP_TORCH_THREADS": "2"},
+        "JPEG draft off": {"CLIP_JPEG_DRAFT": "false"},
+    }
+    subsets = {
+        "batching off": ("single text, 8 clients", "single text, 1 client", "single image, 8 clients",
+                         "single image, 1 client"),
+        "1 worker x 8 threads, 2 torch threads": ("text batch 32, 2 clients", "single text, 8 clients",
+                                                  "image batch 16 URLs, 2 clients", "single image, 8 clients"),
+        "JPEG draft off": ("12 MP JPEG, 2 clients",),
+    }
+    report["service"] = {}
+    for name, env in configs.items():
+        print(f"service: {name}", flush=True)
+        svc = Service(env, photo_port=photos.port)
+        sampler = MemorySampler(svc)
+        try:
+            results = service_scenarios(svc, photos, only=subsets.get(name))
+        finally:
+            peak = sampler.stop()
+            svc.stop()
+        report["service"][name] = {"startup_s": svc.startup_seconds, "peak_pss_mib": peak, "scenarios": results}
+
+    photos.close()
+    (out_dir / "throughput.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "throughput.md").write_text(render(report))
+    print(render(report))
+
+
+def render(report: dict) -> str:
+    lines = ["| configuration | scenario | items/s | p50 ms | p95 ms | failures |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for name, value in report["baseline"].items():
+        lines.append(f"| in-process | {name} | {value['items_per_s']:.1f} | {value['p50_ms']:.0f} | "
+                     f"{value['p95_ms']:.0f} | 0 |")
+    for config, data in report["service"].items():
+        for scenario, r in data["scenarios"].items():
+            lines.append(f"| {config} | {scenario} | {r['items_per_s']:.1f} | {r['p50_ms']:.0f} | "
+                         f"{r['p95_ms']:.0f} | {r['failures']} |")
+    lines.append("")
+    lines.append("| configuration | start-up to first /health 200 (s) | peak PSS, master + workers (MiB) |")
+    lines.append("| --- | ---: | ---: |")
+    for config, data in report["service"].items():
+        lines.append(f"| {config} | {data['startup_s']:.1f} | {data['peak_pss_mib']:.0f} |")
+    j, d = report["json"], report["decode"]
+    lines += ["", f"JSON, 256 x 512 float32 vectors: orjson {j['orjson_ms']:.2f} ms, stdlib json "
+              f"{j['stdlib_ms']:.2f} ms ({j['stdlib_ms'] / j['orjson_ms']:.1f}x; "
+              f"{j['stdlib_incl_tolist_ms'] / j['orjson_ms']:.1f}x counting numpy .tolist())",
+              f"12 MP JPEG decode + preprocess: full {d['full_decode_ms']:.0f} ms, draft {d['draft_decode_ms']:.0f} ms "
+              f"({d['full_decode_ms'] / d['draft_decode_ms']:.1f}x), min cosine to the full decode {d['min_cosine']:.4f}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

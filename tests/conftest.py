@@ -60,8 +60,11 @@ def reference_model(tiny_checkpoint):
 @pytest.fixture
 def app(tiny_embedder, image_server):
     # Loopback is blocked by default; exempt exactly the test image server's host:port.
-    return create_app({"TESTING": True, "fetch_allow": f"{image_server.host}:{image_server.port}"},
-                      embedder=tiny_embedder)
+    # JPEG draft decoding is off so image vectors can be compared with open_clip's
+    # full decode to 1e-5: the tiny model's 32 px input makes every photo "large"
+    # (draft mode has its own tests in test_images.py).
+    return create_app({"TESTING": True, "fetch_allow": f"{image_server.host}:{image_server.port}",
+                       "jpeg_draft": False}, embedder=tiny_embedder)
 
 
 @pytest.fixture

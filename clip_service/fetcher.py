@@ -65,8 +65,8 @@ def system_resolver(host: str, port: int) -> list[str]:
 # A per-read timeout alone lets a server that trickles one byte per read hold a
 # thread for hours (http.client reads lines and bodies with many recv calls).
 # The sockets below cap each operation's timeout at the time left until the
-# deadline of the download running in this thread. (No maintained library does
-# this on top of urllib3 2, hence the hand-written code here.)
+# deadline of the download running in this thread. Hand-written because no
+# maintained library does this on urllib3 2 (advocate needs urllib3<2, unchanged since 2020).
 
 _deadline = threading.local()
 

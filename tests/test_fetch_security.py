@@ -9,7 +9,6 @@ URLs are refused before any connection.
 from __future__ import annotations
 
 import gzip
-import io
 import ipaddress
 import shutil
 import ssl
@@ -93,6 +92,9 @@ BLOCKED_FORMS = [
     "http://[::ffff:7f00:1]:{port}/", "http://[0:0:0:0:0:ffff:127.0.0.1]:{port}/",
     "http://[::127.0.0.1]:{port}/", "http://[64:ff9b::127.0.0.1]:{port}/",
     "http://[2002:7f00:1::1]:{port}/", "https://127.0.0.1:{port}/",
+    # Full-width digits and letters, which IDNA folds to 127.0.0.1 and localhost.
+    "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}/",
+    "http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:{port}/",
 ]
 
 
@@ -219,6 +221,8 @@ def test_an_allowlisted_name_may_resolve_to_loopback(server):
     ("http://example.com:0/a.jpg", "invalid_url"),
     ("http://example.com:http/a.jpg", "invalid_url"),
     ("http://[::1/a.jpg", "invalid_url"),
+    ("http://%31%32%37.0.0.1/a.jpg", "invalid_url"),
+    ("http://[fe80::1%25eth0]/a.jpg", "invalid_url"),
     ("http://example.com/" + "a" * 3000, "invalid_url"),
     ("http://example.com:22/a.jpg", "blocked_url"),
     ("http://example.com:6379/a.jpg", "blocked_url"),

@@ -1,74 +1,118 @@
 """Marshmallow schemas: what each endpoint accepts and returns.
 
-The request schemas validate the body; the response schemas document it (the
-views serialise embeddings with orjson directly, since marshmallow would walk
-every float).
+The request schemas validate the body, and the OpenAPI document is generated
+from them (see openapi.py): the limits that come from settings (items per list,
+characters per string) are fields that read the running app's settings, and
+the document shows the same numbers. The response schemas document the answers
+(the views serialise embeddings with orjson directly, since marshmallow would
+walk every float).
 """
 
 from __future__ import annotations
 
 from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
+from marshmallow import (RAISE, Schema, ValidationError, fields, pre_load, validate,
+                         validates_schema)
+
+from .config import Settings
 
 
-def _settings():
+def _settings() -> Settings:
     return current_app.config["CLIP"]
 
 
-def _check_texts(texts: list[str]) -> None:
-    settings = _settings()
-    if len(texts) > settings.max_texts:
-        raise ValidationError(f"at most {settings.max_texts} texts per request")
-    too_long = [i for i, text in enumerate(texts) if len(text) > settings.max_text_chars]
-    if too_long:
-        raise ValidationError(
-            f"texts at indexes {too_long[:10]} are longer than {settings.max_text_chars} characters")
+class LimitedList(fields.List):
+    """A list of at most ``getattr(settings, max_items)`` items.
+
+    The length is checked before any item is read, so an oversized list costs
+    nothing and its error names the limit, not each item.
+    """
+
+    def __init__(self, inner, *, max_items: str, **kwargs):
+        super().__init__(inner, **kwargs)
+        self.max_items = max_items
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, list):
+            limit = getattr(_settings(), self.max_items)
+            if len(value) > limit:
+                raise ValidationError(f"At most {limit} items per request.")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
-def _check_urls(urls: list[str]) -> None:
-    settings = _settings()
-    if len(urls) > settings.max_urls:
-        raise ValidationError(f"at most {settings.max_urls} URLs per request")
-    too_long = [i for i, url in enumerate(urls) if len(url) > settings.max_url_chars]
-    if too_long:
-        raise ValidationError(
-            f"URLs at indexes {too_long[:10]} are longer than {settings.max_url_chars} characters")
+class LimitedString(fields.String):
+    """A string of at most ``getattr(settings, max_chars)`` characters."""
+
+    def __init__(self, *, max_chars: str, **kwargs):
+        super().__init__(**kwargs)
+        self.max_chars = max_chars
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        limit = getattr(_settings(), self.max_chars)
+        if len(text) > limit:
+            raise ValidationError(f"Longer than {limit} characters.")
+        return text
 
 
-class TextEmbedRequestSchema(Schema):
-    texts = fields.List(fields.String(), required=True, validate=validate.Length(min=1),
-                        metadata={"description": "Texts to embed, in order."})
+class UrlString(LimitedString):
+    """A URL string; one holding a lone surrogate cannot be a URL (and could not be echoed back as UTF-8)."""
 
-    @validates("texts")
-    def _limits(self, texts, **_):
-        _check_texts(texts)
-
-
-class ImageEmbedRequestSchema(Schema):
-    urls = fields.List(fields.String(), required=True, validate=validate.Length(min=1),
-                       metadata={"description": "http(s) URLs of JPEG, PNG, WebP, GIF or BMP images."})
-
-    @validates("urls")
-    def _limits(self, urls, **_):
-        _check_urls(urls)
+    def _deserialize(self, value, attr, data, **kwargs):
+        url = super()._deserialize(value, attr, data, **kwargs)
+        if any("\ud800" <= ch <= "\udfff" for ch in url):
+            raise ValidationError("Not a valid URL: it holds a lone surrogate.")
+        return url
 
 
-class MixedEmbedRequestSchema(Schema):
-    texts = fields.List(fields.String(), load_default=list)
-    urls = fields.List(fields.String(), load_default=list)
+class _RequestSchema(Schema):
+    class Meta:
+        unknown = RAISE  # documented as additionalProperties: false
 
-    @validates("texts")
-    def _text_limits(self, texts, **_):
-        _check_texts(texts)
+    @pre_load
+    def _known_fields_only(self, data, **kwargs):
+        # Refused here, not by marshmallow, whose error would echo each unknown
+        # name back (however long, or not even encodable as UTF-8).
+        if isinstance(data, dict) and not set(data) <= set(self.load_fields):
+            raise ValidationError(f"Unknown field; this endpoint accepts only "
+                                  f"{', '.join(sorted(self.load_fields))}.", field_name="_schema")
+        return data
 
-    @validates("urls")
-    def _url_limits(self, urls, **_):
-        _check_urls(urls)
+
+def _texts(**kwargs):
+    return LimitedList(
+        LimitedString(max_chars="max_text_chars",
+                      metadata={"description": "Any text; longer than the model's context "
+                                               "(77 tokens) it is truncated as CLIP does."}),
+        max_items="max_texts", **kwargs)
+
+
+def _urls(**kwargs):
+    return LimitedList(UrlString(max_chars="max_url_chars"), max_items="max_urls", **kwargs)
+
+
+class TextEmbedRequestSchema(_RequestSchema):
+    texts = _texts(required=True, validate=validate.Length(min=1, error="Send at least one text."),
+                   metadata={"description": "Texts to embed, in order."})
+
+
+class ImageEmbedRequestSchema(_RequestSchema):
+    urls = _urls(required=True, validate=validate.Length(min=1, error="Send at least one URL."),
+                 metadata={"description": "http(s) URLs of JPEG, PNG, WebP, GIF or BMP images, in order."})
+
+
+class MixedEmbedRequestSchema(_RequestSchema):
+    texts = _texts(load_default=list, metadata={"description": "Texts to embed, in order."})
+    urls = _urls(load_default=list, metadata={"description": "Image URLs to embed, in order."})
+
+    # What _not_empty checks, in the OpenAPI document (no field can say it).
+    OPENAPI = {"anyOf": [{"required": ["texts"], "properties": {"texts": {"minItems": 1}}},
+                         {"required": ["urls"], "properties": {"urls": {"minItems": 1}}}]}
 
     @validates_schema
     def _not_empty(self, data, **_):
         if not data.get("texts") and not data.get("urls"):
-            raise ValidationError("send at least one text or URL", field_name="_schema")
+            raise ValidationError("Send at least one text or URL.", field_name="_schema")
 
 
 class ItemErrorSchema(Schema):
@@ -79,9 +123,10 @@ class ItemErrorSchema(Schema):
 
 
 class _ModelInfoSchema(Schema):
-    model = fields.String(metadata={"description": "open_clip model name."})
-    pretrained = fields.String(metadata={"description": "Pretrained tag or checkpoint file name."})
-    dimensions = fields.Integer(metadata={"description": "Length of every vector."})
+    model = fields.String(required=True, metadata={"description": "open_clip model name."})
+    pretrained = fields.String(required=True,
+                               metadata={"description": "Pretrained tag or checkpoint file name."})
+    dimensions = fields.Integer(required=True, metadata={"description": "Length of every vector."})
 
 
 _vector = fields.List(fields.Float(), metadata={"description": "L2-normalised vector; [] for a failed image."})
@@ -110,5 +155,6 @@ class HealthSchema(Schema):
 class ErrorEnvelopeSchema(Schema):
     code = fields.Integer(required=True, metadata={"description": "HTTP status code."})
     status = fields.String(required=True, metadata={"description": "HTTP status name."})
-    message = fields.String(metadata={"description": "What went wrong, for a person."})
-    errors = fields.Dict(metadata={"description": "Field-by-field details, when there are any."})
+    message = fields.String(required=True, metadata={"description": "What went wrong, for a person."})
+    errors = fields.Dict(required=True, metadata={
+        "description": "Field-by-field details ({} when there are none); list items are keyed by index."})

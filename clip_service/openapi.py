@@ -1,0 +1,75 @@
+"""The OpenAPI document (/openapi.json) and its interactive page (/docs), from flask-smorest."""
+
+from __future__ import annotations
+
+import copy
+
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.common import resolve_schema_cls
+from flask import Flask
+from flask_smorest import Api
+
+from .config import Settings
+from .schemas import ErrorEnvelopeSchema, LimitedList, LimitedString
+
+# Swagger UI's scripts come from this CDN in the reader's browser; the service serves only the page.
+SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
+
+
+class ServiceApi(Api):
+    """flask-smorest's Api, documenting every error with the service's envelope."""
+
+    ERROR_SCHEMA = ErrorEnvelopeSchema
+
+
+class SchemaPlugin(MarshmallowPlugin):
+    """apispec's marshmallow plugin, plus what only the running service knows.
+
+    Limits from ``settings`` become maxItems and maxLength on the fields that
+    enforce them, and a schema's ``OPENAPI`` dict (rules across fields) is
+    merged into its definition.
+    """
+
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+
+    def init_spec(self, spec):
+        super().init_spec(spec)
+        settings = self.settings
+
+        def setting_limits(converter, field, **kwargs) -> dict:
+            if isinstance(field, LimitedList):
+                return {"maxItems": getattr(settings, field.max_items)}
+            if isinstance(field, LimitedString):
+                return {"maxLength": getattr(settings, field.max_chars)}
+            return {}
+
+        self.converter.add_attribute_function(setting_limits)
+
+    def schema_helper(self, name, definition, schema=None, **kwargs):
+        json_schema = super().schema_helper(name, definition, schema=schema, **kwargs)
+        extra = getattr(resolve_schema_cls(schema), "OPENAPI", None) if schema is not None else None
+        if json_schema is not None and extra:
+            json_schema.update(copy.deepcopy(extra))
+        return json_schema
+
+
+def create_api(app: Flask, settings: Settings) -> Api:
+    """Attach the API documentation to ``app``, with ``settings``' limits; register blueprints on it next."""
+    for key, value in {
+        "API_TITLE": "clip-service",
+        "API_VERSION": "1.0",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "docs",
+        "OPENAPI_SWAGGER_UI_URL": SWAGGER_UI_URL,
+        "API_SPEC_OPTIONS": {"info": {"description": (
+            "Turns texts and images into L2-normalised CLIP vectors. Bodies are UTF-8 JSON of at most "
+            f"{settings.max_body_bytes} bytes (CLIP_MAX_BODY_BYTES; 413 above). Texts longer than the "
+            "model's context (77 tokens) are truncated as CLIP does. Every error answers with the "
+            "envelope {code, status, message, errors}.")}},
+    }.items():
+        app.config.setdefault(key, value)
+    return ServiceApi(app, spec_kwargs={"marshmallow_plugin": SchemaPlugin(settings)})

@@ -1,0 +1,75 @@
+"""CLIP tokenization with bounded cost: open_clip's tokens for ordinary text, for any text.
+
+open_clip's ``SimpleTokenizer`` byte-pair-encodes every word of a text before
+it truncates to the context (77 tokens); its merge loop is quadratic in a
+word's length (one 30,000-letter word takes ~13 s on a 2 vCPU machine) and it
+caches every distinct word for the life of the process. Both let one request
+wedge a worker, so the embedder wraps it here. Hand-written because open_clip
+offers no bound; the merges themselves are still open_clip's.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+
+# Longest word (in UTF-8 bytes) that is byte-pair-encoded whole; a longer one
+# is cut here first. No CLIP vocabulary token is longer than 32 bytes, so such
+# a word alone is many tokens, and ordinary words are far shorter.
+MAX_WORD_BYTES = 256
+# open_clip keeps every word it has seen; start afresh past this many.
+MAX_CACHED_WORDS = 20_000
+
+
+def bounded(tokenizer):
+    """Wrap open_clip's ``SimpleTokenizer``; return any other tokenizer unchanged."""
+    if type(tokenizer) is SimpleTokenizer and tokenizer.reduction_fn is None:
+        return BoundedTokenizer(tokenizer)
+    return tokenizer
+
+
+class BoundedTokenizer:
+    """``SimpleTokenizer`` that stops encoding a text once the context is full.
+
+    Tokens are produced word by word exactly as open_clip does, so any text
+    whose words are shorter than ``MAX_WORD_BYTES`` gets open_clip's tokens,
+    truncated to the context as CLIP does (start token, the first
+    ``context_length - 2`` tokens, end token).
+    """
+
+    def __init__(self, inner: SimpleTokenizer):
+        self.inner = inner
+        self.context_length = inner.context_length
+        self._fresh_cache = dict(inner.cache)  # the special tokens only
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
+        """BPE token ids of ``text``, stopping once there are at least ``limit``."""
+        inner = self.inner
+        ids: list[int] = []
+        for match in inner.pat.finditer(inner.clean_fn(text)):
+            # ftfy's cleaning already replaced lone surrogates; "replace" is for a cleaner that does not.
+            word = match.group().encode("utf-8", "replace")[:MAX_WORD_BYTES]
+            units = "".join(inner.byte_encoder[b] for b in word)
+            ids.extend(inner.encoder[piece] for piece in inner.bpe(units).split(" "))
+            if limit is not None and len(ids) >= limit:
+                break
+        return ids
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.LongTensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        context_length = context_length or self.context_length
+        inner = self.inner
+        result = torch.zeros(len(texts), context_length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            body = self.encode(text, limit=context_length - 2)[:context_length - 2]
+            tokens = [inner.sot_token_id, *body, inner.eot_token_id]
+            result[row, :len(tokens)] = torch.tensor(tokens)
+        if len(inner.cache) > MAX_CACHED_WORDS:
+            inner.cache = dict(self._fresh_cache)
+        return result

@@ -9,6 +9,7 @@ blocked address. TLS still sends SNI and verifies the certificate for the name.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import logging
 import math
@@ -193,6 +194,9 @@ class ImageFetcher:
         self._slots: threading.BoundedSemaphore | None = None
         self._slots_pid = 0
         self._slots_lock = threading.Lock()
+        # Called as on_fetched(bytes, seconds) for each image fetched and decoded;
+        # the web layer hangs its metrics here.
+        self.on_fetched: Callable[[int, float], None] | None = None
 
     # --- the request ----------------------------------------------------------
 
@@ -204,7 +208,10 @@ class ImageFetcher:
         request_deadline = time.monotonic() + self.request_timeout
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(unique)), thread_name_prefix="fetch")
         try:
-            futures = {url: pool.submit(self.fetch_image, url, request_deadline) for url in unique}
+            # Each download runs in a copy of the caller's context, so its log lines
+            # carry the request id the web layer keeps in a context variable.
+            futures = {url: pool.submit(contextvars.copy_context().run, self.fetch_image, url, request_deadline)
+                       for url in unique}
             # A little grace so items cut off at the deadline report their own error.
             done, _ = wait(futures.values(), timeout=max(0.0, request_deadline - time.monotonic()) + 0.5)
         finally:
@@ -222,10 +229,14 @@ class ImageFetcher:
 
     def fetch_image(self, url: str, request_deadline: float = math.inf) -> Image.Image | FetchError:
         """Download and decode one URL within its deadline; never raises."""
-        deadline = min(time.monotonic() + self.total_timeout, request_deadline)
+        started = time.monotonic()
+        deadline = min(started + self.total_timeout, request_deadline)
         try:
             data = self._download_with_slot(url, deadline)
-            return decode_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size)
+            image = decode_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size)
+            if self.on_fetched is not None:
+                self.on_fetched(len(data), time.monotonic() - started)
+            return image
         except _Failure as failure:
             error = failure.error
         except PolicyError as exc:

@@ -27,6 +27,12 @@ def record_embedded(modality: str, n: int) -> None:
     request_context.count_items(modality, n)
 
 
+def record_fetched(nbytes: int, seconds: float) -> None:
+    """Fetcher callback: one image of ``nbytes`` was downloaded and decoded in ``seconds``."""
+    metrics.FETCH_BYTES.inc(nbytes)
+    metrics.FETCH_SECONDS.observe(seconds)
+
+
 def record_item_failures(codes) -> None:
     for code in codes:
         metrics.ITEM_FAILURES.labels(code).inc()
@@ -71,6 +77,9 @@ def init_app(app: Flask) -> None:
     app.before_request(_begin)
     app.after_request(_finish)
     app.teardown_request(_teardown)
+    fetcher = app.extensions.get("clip_fetcher")
+    if fetcher is not None:
+        fetcher.on_fetched = record_fetched
     embedder = app.extensions.get("clip_embedder")
     if embedder is not None:
         embedder.on_batch = record_batch

@@ -58,8 +58,11 @@ def test_json_log_lines_carry_cloud_logging_fields(client, caplog):
 
 def test_failed_download_warning_has_code_and_host_not_the_url_path(client, image_server, caplog):
     client.post("/embed/image", json={"urls": [image_server.url("/missing.jpg?token=abc")]})
+    response = client.post("/embed/image", json={"urls": [image_server.url("/missing.jpg?token=abc")]})
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("clip_service")]
     assert warnings
+    # Logged from a download thread, still tagged with the request's id.
+    assert warnings[-1].request_id == response.headers["X-Request-ID"]
     text = json.dumps([json.loads(CloudLoggingFormatter().format(r)) for r in warnings])
     assert "127.0.0.1" in text and "token=abc" not in text and "WARNING" in text
 
@@ -73,7 +76,7 @@ def _metric(text: str, name: str, **labels) -> float:
     return total
 
 
-def test_metrics_count_requests_items_failures_and_batches(client, image_server):
+def test_metrics_count_requests_items_failures_and_batches(client, image_server, photos):
     before = client.get("/metrics").get_data(as_text=True)
     client.post("/embed/text", json={"texts": ["a", "b", "c"]})
     client.post("/embed/image", json={"urls": [image_server.url("/chelsea_0.jpg"), image_server.url("/gone.jpg")]})
@@ -91,6 +94,8 @@ def test_metrics_count_requests_items_failures_and_batches(client, image_server)
     assert delta("clip_batch_size_count", modality="text") >= 1
     assert delta("clip_http_request_duration_seconds_count", endpoint="/embed/image") == 1
     assert "clip_model_load_seconds" in after
+    assert delta("clip_fetch_bytes_total") == len(photos["chelsea_0.jpg"])
+    assert delta("clip_fetch_duration_seconds_count") == 1
 
 
 def test_liveness_and_readiness(client):

@@ -13,6 +13,7 @@ from .errors import register_error_handlers
 from .fetcher import ImageFetcher
 from .jsonio import OrjsonProvider
 from .logging_setup import configure_logging
+from .openai_errors import register_openai_error_handlers
 from .openapi import create_api
 from .readiness import ReadinessCheck
 
@@ -69,15 +70,20 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
         draft_size=embedder.input_size if settings.jpeg_draft else None,
     )
 
+    # Images sent in the request (uploads) get the fetcher's limits, even where a test swaps the fetcher.
+    app.extensions["clip_local_images"] = app.extensions["clip_fetcher"].local
+
     app.extensions["clip_readiness"] = ReadinessCheck(
         embedder, ttl=settings.ready_cache_seconds, timeout=settings.ready_timeout)
 
     api = create_api(app, settings)
-    from .views import embeddings, health, metrics
+    from .views import embeddings, health, metrics, openai
 
     api.register_blueprint(embeddings.bp)
     api.register_blueprint(health.bp)
     api.register_blueprint(metrics.bp)
+    openai.register(api, settings)
     register_error_handlers(app)
+    register_openai_error_handlers(app)  # after the service's handlers: it wraps them for /v1
     observability.init_app(app)
     return app

@@ -48,7 +48,8 @@ class Settings:
     max_urls: int = _setting(64, doc="most image URLs in one request")
     max_text_chars: int = _setting(10_000, doc="most characters in one text")
     max_url_chars: int = _setting(2048, doc="most characters in one URL")
-    max_body_bytes: int = _setting(1_048_576, doc="largest request body (bytes)")
+    # Sized for images in the body: a base64 image of fetch_max_bytes (20 MiB) is 26.7 MiB.
+    max_body_bytes: int = _setting(32 * 1024 * 1024, doc="largest request body (bytes)")
 
     # --- image fetching ----------------------------------------------------
     fetch_connect_timeout: float = _setting(3.0, doc="seconds to open a connection to an image host")

@@ -29,6 +29,7 @@ from PIL import Image
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.ssl_ import create_urllib3_context
 
+from .image_sources import LocalImages, is_data_uri
 from .images import ImageDecodeError, decode_image
 from .url_policy import Allowlist, IPAddress, PolicyError, Target, UrlPolicy, parse_ports
 
@@ -178,6 +179,7 @@ class ImageFetcher:
         self.worker_concurrency = worker_concurrency
         self.max_redirects = max_redirects
         self.draft_size = draft_size
+        self.local = LocalImages(max_bytes=max_bytes, max_pixels=max_pixels, draft_size=draft_size)
         self.headers = {"User-Agent": user_agent, "Accept": "image/*", "Accept-Encoding": "identity"}
         ports = parse_ports(allowed_ports) if isinstance(allowed_ports, str) else frozenset(allowed_ports)
         allowlist = Allowlist.parse(allow) if isinstance(allow, str) else allow
@@ -232,6 +234,8 @@ class ImageFetcher:
         started = time.monotonic()
         deadline = min(started + self.total_timeout, request_deadline)
         try:
+            if is_data_uri(url):  # the image is in the request: decoded here, never a network request
+                return self.local.from_data_uri(url)
             data = self._download_with_slot(url, deadline)
             image = decode_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size)
             if self.on_fetched is not None:
@@ -385,6 +389,8 @@ def _ip_literal(host: str) -> IPAddress | None:
 
 
 def _host(url: str) -> str:
+    if is_data_uri(url):
+        return "(data URI)"
     try:
         return urlsplit(url).hostname or "?"
     except ValueError:

@@ -15,6 +15,7 @@ from marshmallow import (RAISE, Schema, ValidationError, fields, pre_load, valid
                          validates_schema)
 
 from .config import Settings
+from .image_sources import is_data_uri
 
 
 def _settings() -> Settings:
@@ -59,6 +60,10 @@ class UrlString(LimitedString):
     """A URL string; one holding a lone surrogate cannot be a URL (and could not be echoed back as UTF-8)."""
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and is_data_uri(value):
+            # The image itself, bounded by the body limit and CLIP_FETCH_MAX_BYTES, not by
+            # max_url_chars; its header is echoed only when printable ASCII (image_sources.describe).
+            return fields.String._deserialize(self, value, attr, data, **kwargs)
         url = super()._deserialize(value, attr, data, **kwargs)
         if any("\ud800" <= ch <= "\udfff" for ch in url):
             raise ValidationError("Not a valid URL: it holds a lone surrogate.")

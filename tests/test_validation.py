@@ -43,6 +43,10 @@ def post_raw(client, path: str, data, content_type: str | None = "application/js
 ])
 @pytest.mark.parametrize("path", ["/embed/text", "/embed/image", "/embed/mixed"])
 def test_a_missing_or_wrong_content_type_is_415(client, path, content_type):
+    if path == "/embed/image" and content_type and content_type.startswith("multipart/"):
+        # /embed/image takes uploads: a multipart body without images is 422 (tests/test_uploads.py).
+        assert_envelope(post_raw(client, path, json.dumps(GOOD), content_type), 422)
+        return
     body = assert_envelope(post_raw(client, path, json.dumps(GOOD), content_type), 415)
     assert "application/json" in body["message"] or "UTF-8" in body["message"]
     assert_still_serving(client)

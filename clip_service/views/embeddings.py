@@ -7,11 +7,13 @@ from flask_smorest import Blueprint
 
 from ..embedder import ClipEmbedder
 from ..fetcher import FetchError, ImageFetcher
+from ..image_sources import describe
 from ..jsonio import JsonBodyParser, json_response
 from ..observability import record_embedded, record_item_failures
 from ..schemas import (ErrorEnvelopeSchema, ImageEmbedRequestSchema, ImageEmbeddingsSchema,
                        MixedEmbedRequestSchema, MixedEmbeddingsSchema, TextEmbeddingsSchema,
                        TextEmbedRequestSchema)
+from ..uploads import read_uploads, takes_uploads
 
 bp = Blueprint("embeddings", __name__, url_prefix="/embed",
                description="Turn texts and images into L2-normalised CLIP vectors.")
@@ -52,15 +54,19 @@ def embed_texts(texts: list[str]):
 
 def embed_urls(urls: list[str]) -> tuple[list, list[dict]]:
     """Fetch and embed ``urls`` as one batch; failed slots hold [] and get an error entry."""
-    fetched = _fetcher().fetch_images(urls)
+    return embed_fetched([describe(url) for url in urls], _fetcher().fetch_images(urls))
+
+
+def embed_fetched(labels: list[str], fetched: list) -> tuple[list, list[dict]]:
+    """Embed the images of ``fetched`` as one batch; a FetchError's slot holds [] and gets an error entry."""
     good = [i for i, item in enumerate(fetched) if not isinstance(item, FetchError)]
     vectors = _embedder().embed_images([fetched[i] for i in good])
     record_embedded("image", len(good))
-    slots: list = [[] for _ in urls]
+    slots: list = [[] for _ in labels]
     for row, i in enumerate(good):
         slots[i] = vectors[row]
     errors = [{"index": i, "url": url, "code": item.code, "message": item.message}
-              for i, (url, item) in enumerate(zip(urls, fetched)) if isinstance(item, FetchError)]
+              for i, (url, item) in enumerate(zip(labels, fetched)) if isinstance(item, FetchError)]
     record_item_failures(e["code"] for e in errors)
     return slots, errors
 
@@ -75,7 +81,13 @@ def embed_text(body):
     return json_response({"embeddings": vectors, **_model_info()})
 
 
+def _embed_uploads():
+    slots, errors = embed_fetched(*read_uploads())
+    return json_response({"embeddings": slots, "errors": errors, **_model_info()})
+
+
 @bp.route("/image", methods=["POST"])
+@takes_uploads(_embed_uploads)  # multipart/form-data goes there; JSON goes on to the schema
 @bp.arguments(ImageEmbedRequestSchema)
 @bp.response(200, ImageEmbeddingsSchema)
 @_documents_body_errors

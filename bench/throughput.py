@@ -180,18 +180,19 @@ def main() -> None:
     report["decode"] = decode_microbench()
     print(f"  decode: {report['decode']}", flush=True)
 
-    one_worker = {"CLIP_WORKERS": "1", "CLIP_THREADS": "8", "CLIP_TORCH_THREADS": "2"}
-    two_workers = {"CLIP_WORKERS": "2", "CLIP_THREADS": "4", "CLIP_TORCH_THREADS": "1"}
+    default = {}  # 1 worker x 8 threads, 2 batch runners x 1 torch thread, batching on
     configs = {
-        "1 worker x 8 threads, 2 torch threads": one_worker,
-        "2 workers x 4 threads, 1 torch thread": two_workers,
-        "1 worker x 8 threads, 2 torch threads, batching off": {**one_worker, "CLIP_BATCHING": "false"},
-        "1 worker x 8 threads, 2 torch threads, JPEG draft off": {**one_worker, "CLIP_JPEG_DRAFT": "false"},
+        "default: 1 worker, 2 runners x 1 torch thread": default,
+        "1 worker, 1 runner x 2 torch threads": {"CLIP_BATCH_RUNNERS": "1", "CLIP_TORCH_THREADS": "2"},
+        "2 workers x 4 threads, 1 runner x 1 torch thread": {"CLIP_WORKERS": "2", "CLIP_THREADS": "4",
+                                                             "CLIP_BATCH_RUNNERS": "1"},
+        "default, batching off": {"CLIP_BATCHING": "false"},
+        "default, JPEG draft off": {"CLIP_JPEG_DRAFT": "false"},
     }
     single = ("single text, 8 clients", "single text, 1 client", "single image, 8 clients", "single image, 1 client")
     subsets = {
-        "1 worker x 8 threads, 2 torch threads, batching off": single,
-        "1 worker x 8 threads, 2 torch threads, JPEG draft off": ("12 MP JPEG, 2 clients",),
+        "default, batching off": single,
+        "default, JPEG draft off": ("12 MP JPEG, 2 clients",),
     }
     report["service"] = {}
     for name, env in configs.items():

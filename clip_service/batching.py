@@ -1,9 +1,12 @@
 """Merge concurrent requests' items into shared forward passes (continuous batching).
 
-One thread per process runs the model; request threads queue their work and
-wait. While a batch runs, new work piles up and goes out together in the next
-one, so a lone request never waits for company (unless a window is set) and a
-busy worker runs few, larger batches, which is where a CPU gets its throughput.
+A few runner threads per process (one per core) run the model; request
+threads queue their work and wait. While batches run, new work piles up and
+goes out together in the next one, so a lone request never waits for company
+(unless a window is set) and a busy worker runs few, larger batches, which is
+where a CPU gets its throughput. Several single-threaded runners beat one
+runner with several torch threads on these machines (bench/), and they share
+one queue, so no core idles while another has a backlog.
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ class MicroBatcher:
     """
 
     def __init__(self, fn: Callable[[Sequence[Any]], Sequence[Any]], *, max_batch: int,
-                 max_queue: int, window_s: float = 0.0, name: str = "batcher"):
+                 max_queue: int, window_s: float = 0.0, runners: int = 1, name: str = "batcher"):
         self._fn = fn
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.window_s = window_s
+        self.runners = runners
         self.name = name
         self._pid: int | None = None
 
@@ -56,20 +60,30 @@ class MicroBatcher:
             self._cond = threading.Condition()
             self._jobs: deque[_Job] = deque()
             self._queued = 0
-            threading.Thread(target=self._loop, name=f"clip-{self.name}", daemon=True).start()
+            self._idle = self.runners
+            for i in range(self.runners):
+                threading.Thread(target=self._loop, name=f"clip-{self.name}-{i}", daemon=True).start()
             self._pid = os.getpid()
 
     def submit(self, payload: Any, size: int) -> Any:
         """Queue ``payload`` (``size`` items) and block until its result is ready."""
+        return self.submit_many([(payload, size)])[0]
+
+    def submit_many(self, parts: Sequence[tuple[Any, int]]) -> list[Any]:
+        """Queue several (payload, size) parts at once (all or none) and wait for all their results.
+
+        A large request split into parts can run on several idle runners at once.
+        """
         self._ensure_started()
-        job = _Job(payload, size)
+        jobs = [_Job(payload, size) for payload, size in parts]
+        total = sum(job.size for job in jobs)
         with self._cond:
-            if self._jobs and self._queued + size > self.max_queue:
+            if self._jobs and self._queued + total > self.max_queue:
                 raise Overloaded(f"{self._queued} items already queued")
-            self._jobs.append(job)
-            self._queued += size
-            self._cond.notify()
-        return job.future.result()
+            self._jobs.extend(jobs)
+            self._queued += total
+            self._cond.notify(len(jobs))
+        return [job.future.result() for job in jobs]
 
     def _take_batch(self) -> list[_Job]:
         with self._cond:
@@ -79,13 +93,17 @@ class MicroBatcher:
                 deadline = time.monotonic() + self.window_s
                 while self._queued < self.max_batch and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
+            # Leave a fair share of the queue for the other idle runners.
+            share = max(1, -(-self._queued // max(1, self._idle)))
+            limit = min(self.max_batch, share)
             batch = [self._jobs.popleft()]
             total = batch[0].size
-            while self._jobs and total + self._jobs[0].size <= self.max_batch:
+            while self._jobs and total + self._jobs[0].size <= limit:
                 job = self._jobs.popleft()
                 batch.append(job)
                 total += job.size
             self._queued -= total
+            self._idle -= 1
             return batch
 
     def _loop(self) -> None:
@@ -96,9 +114,11 @@ class MicroBatcher:
             except BaseException as exc:  # every waiting caller gets the error
                 for job in batch:
                     job.future.set_exception(exc)
-                continue
-            for job, result in zip(batch, results):
-                job.future.set_result(result)
+            else:
+                for job, result in zip(batch, results):
+                    job.future.set_result(result)
+            with self._cond:
+                self._idle += 1
 
 
 _START_LOCK = threading.Lock()

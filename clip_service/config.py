@@ -39,6 +39,8 @@ class Settings:
     cache_dir: str = _setting("", doc="where open_clip caches downloaded weights ('' = its default)")
     max_batch: int = _setting(64, doc="largest batch sent through the model in one forward pass")
     batching: bool = _setting(True, doc="merge concurrent requests' items into shared forward passes")
+    batch_runners: int = _setting(2, doc="forward passes run at once per worker (one per core, each with "
+                                         "CLIP_TORCH_THREADS threads)")
     batch_window_ms: float = _setting(0.0, doc="extra wait (ms) for more work before a batch runs (0 = none)",
                                       minimum=0)
     batch_max_queue: int = _setting(512, doc="items waiting for the model per worker before 503 + Retry-After")
@@ -68,9 +70,9 @@ class Settings:
                                         "private-address block (and the port list)")
 
     # --- process -----------------------------------------------------------
-    torch_threads: int = _setting(1, doc="torch intra-op threads per Gunicorn worker")
-    workers: int = _setting(2, doc="Gunicorn worker processes")
-    threads: int = _setting(4, doc="request threads per Gunicorn worker (gthread)")
+    torch_threads: int = _setting(1, doc="torch intra-op threads per forward pass")
+    workers: int = _setting(1, doc="Gunicorn worker processes")
+    threads: int = _setting(8, doc="request threads per Gunicorn worker (gthread)")
     timeout: int = _setting(60, doc="Gunicorn worker timeout (s) for a silent worker")
     graceful_timeout: int = _setting(8, doc="seconds in-flight requests get after SIGTERM")
     max_requests: int = _setting(2000, doc="a worker is recycled after about this many requests")

@@ -25,6 +25,11 @@ from .tokenizer import bounded
 log = logging.getLogger(__name__)
 
 
+# A request is split across idle runners only into parts at least this big:
+# smaller batches lose more to per-pass overhead than they gain from a core.
+_MIN_SPLIT_PART = 4
+
+
 class ModelLoadError(RuntimeError):
     """The configured weights could not be loaded; the service must not start."""
 
@@ -70,9 +75,10 @@ class ClipEmbedder:
         # Called as on_batch(modality, size, seconds) after each forward pass;
         # the web layer hangs its metrics here so this module stays free of them.
         self.on_batch: Callable[[str, int, float], None] | None = None
-        # Serialise forward passes: concurrent passes on one CPU model only
-        # oversubscribe the cores and make every request slower.
-        self._forward_lock = threading.Lock()
+        # At most `parallel_forwards` passes at once (one per core, see
+        # configure()): more only oversubscribe the cores and slow every request.
+        self.parallel_forwards = 1
+        self._forward_slots = threading.BoundedSemaphore(1)
         self._batchers: dict[str, MicroBatcher] = {}
 
     @property
@@ -124,20 +130,32 @@ class ClipEmbedder:
                  embedder.load_seconds)
         return embedder
 
-    def enable_batching(self, *, max_queue: int, window_s: float = 0.0) -> None:
-        """Merge concurrent calls into shared forward passes (see batching.py)."""
+    def configure(self, *, parallel_forwards: int = 1, batching: bool = False, max_queue: int = 512,
+                  window_s: float = 0.0) -> None:
+        """Allow ``parallel_forwards`` passes at once; optionally merge concurrent calls (batching.py)."""
+        self.parallel_forwards = parallel_forwards
+        self._forward_slots = threading.BoundedSemaphore(parallel_forwards)
         self._batchers = {
             modality: MicroBatcher(lambda payloads, m=modality: self._forward_many(m, payloads),
                                    max_batch=self.max_batch, max_queue=max_queue, window_s=window_s,
-                                   name=f"{modality}-batcher")
+                                   runners=parallel_forwards, name=f"{modality}-batcher")
             for modality in ("text", "image")
-        }
+        } if batching else {}
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Return one L2-normalised float32 row per text."""
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        return self._run("text", self.tokenizer(list(texts)))
+        tokens = self.tokenizer(list(texts))
+        if len(tokens) < 2:
+            return self._run("text", tokens)
+        # Sort by length so each forward pass (and each runner's share of a
+        # split request) pads only to similar lengths; undo the order after.
+        order = torch.argsort((tokens != 0).sum(dim=-1), stable=True)
+        vectors = self._run("text", tokens[order])
+        restored = np.empty_like(vectors)
+        restored[order.numpy()] = vectors
+        return restored
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Return one L2-normalised float32 row per RGB image."""
@@ -150,7 +168,12 @@ class ClipEmbedder:
         batcher = self._batchers.get(modality)
         if batcher is None:
             return self._forward(modality, inputs)
-        return batcher.submit(inputs, len(inputs))
+        # Split a big request so idle runners can share it; a busy batcher
+        # merges the parts again, so nothing is lost when they are not idle.
+        pieces = min(self.parallel_forwards, len(inputs) // _MIN_SPLIT_PART) or 1
+        parts = torch.tensor_split(inputs, pieces) if pieces > 1 else (inputs,)
+        results = batcher.submit_many([(part, len(part)) for part in parts])
+        return results[0] if len(results) == 1 else np.concatenate(results)
 
     def _forward_many(self, modality: str, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
         merged = self._forward(modality, inputs[0] if len(inputs) == 1 else torch.cat(list(inputs)))
@@ -162,7 +185,7 @@ class ClipEmbedder:
         chunks = []
         for start in range(0, len(inputs), self.max_batch):
             part = inputs[start:start + self.max_batch].to(self.device)
-            with self._forward_lock, torch.inference_mode():
+            with self._forward_slots, torch.inference_mode():
                 started = time.perf_counter()
                 chunks.append(encode(part).float().cpu().numpy())
             if self.on_batch is not None:
@@ -179,24 +202,24 @@ class ClipEmbedder:
 
     def warm_up(self) -> None:
         """Run one tiny text and image pass so the first real request pays no set-up cost."""
-        with self._forward_lock:
+        with self._forward_slots:
             self._encode_probe()
 
     def probe(self, timeout: float) -> bool:
-        """Prove inference works: a tiny real pass, unless the model stays busy past ``timeout`` (wedged)."""
-        if not self._forward_lock.acquire(timeout=timeout):
+        """Prove inference works: a tiny real pass, unless every forward slot stays busy past ``timeout`` (wedged)."""
+        if not self._forward_slots.acquire(timeout=timeout):
             return False
         try:
             texts, images = self._encode_probe()
         except Exception:
             return False
         finally:
-            self._forward_lock.release()
+            self._forward_slots.release()
         norms = np.linalg.norm(np.concatenate([texts, images]), axis=1)
         return bool(np.all(np.isfinite(norms)) and np.allclose(norms, 1.0, atol=1e-3))
 
     def _encode_probe(self) -> tuple[np.ndarray, np.ndarray]:
-        """One text and one grey image through the model; the caller holds the forward lock."""
+        """One text and one grey image through the model; the caller holds a forward slot."""
         tokens = self.tokenizer(["warm-up"]).to(self.device)
         pixels = self.preprocess(Image.new("RGB", (32, 32), (127, 127, 127)))[None].to(self.device)
         with torch.inference_mode():

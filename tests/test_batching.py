@@ -91,7 +91,7 @@ def test_a_forked_child_starts_its_own_batching_thread():
 
 def test_batched_embedder_gives_open_clip_vectors_to_concurrent_callers(tiny_checkpoint, reference_model):
     embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
-    embedder.enable_batching(max_queue=512)
+    embedder.configure(parallel_forwards=2, batching=True, max_queue=512)
     sizes = []
     embedder.on_batch = lambda modality, size, seconds: sizes.append(size)
     texts = [f"text {i} " + "word " * (i % 7) for i in range(24)]
@@ -104,10 +104,10 @@ def test_batched_embedder_gives_open_clip_vectors_to_concurrent_callers(tiny_che
 
 def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
     embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
-    app = create_app({"TESTING": True, "batch_max_queue": 2}, embedder=embedder)
+    app = create_app({"TESTING": True, "batch_max_queue": 2, "batch_runners": 1}, embedder=embedder)
     client = app.test_client()
     batcher = embedder._batchers["text"]
-    embedder._forward_lock.acquire()  # the model is busy
+    embedder._forward_slots.acquire()  # the model is busy
     pool = ThreadPoolExecutor(2)
     try:
         first = pool.submit(client.post, "/embed/text", json={"texts": ["a"]})
@@ -123,7 +123,33 @@ def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
         assert response.status_code == 503 and response.headers["Retry-After"] == "1"
         assert response.get_json()["code"] == 503
     finally:
-        embedder._forward_lock.release()
+        embedder._forward_slots.release()
     assert first.result(10).status_code == 200 and second.result(10).status_code == 200
     assert client.post("/embed/text", json={"texts": ["e"]}).status_code == 200
     pool.shutdown()
+
+
+def test_idle_runners_share_a_large_request():
+    """Two runners: a request split in two parts runs on both at once, not one after the other."""
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def slow(payloads):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return payloads
+
+    batcher = MicroBatcher(slow, max_batch=64, max_queue=100, runners=2)
+    started = time.monotonic()
+    assert batcher.submit_many([([1] * 8, 8), ([2] * 8, 8)]) == [[1] * 8, [2] * 8]
+    assert peak[0] == 2 and time.monotonic() - started < 0.35
+
+
+def test_split_requests_give_the_same_vectors(tiny_checkpoint, reference_model):
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    embedder.configure(parallel_forwards=2, batching=True, max_queue=512)
+    texts = [f"text {i} " + "word " * (i % 5) for i in range(20)]
+    assert np.abs(embedder.embed_texts(texts) - reference_text_vectors(reference_model, texts)).max() <= 1e-5

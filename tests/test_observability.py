@@ -106,13 +106,14 @@ def test_liveness_and_readiness(client):
 
 def test_readiness_is_503_when_the_model_is_wedged(tiny_checkpoint):
     embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
-    app = create_app({"TESTING": True, "ready_timeout": 0.2, "ready_cache_seconds": 0.01}, embedder=embedder)
+    app = create_app({"TESTING": True, "ready_timeout": 0.2, "ready_cache_seconds": 0.01, "batch_runners": 1},
+                     embedder=embedder)
     client = app.test_client()
     assert client.get("/health/ready").status_code == 200
     acquired, release = threading.Event(), threading.Event()
 
     def endless_forward_pass():
-        embedder._forward_lock.acquire()
+        embedder._forward_slots.acquire()
         acquired.set()
         release.wait(10)
 
@@ -127,7 +128,7 @@ def test_readiness_is_503_when_the_model_is_wedged(tiny_checkpoint):
     finally:
         release.set()
         holder.join()
-        embedder._forward_lock.release()
+        embedder._forward_slots.release()
     time.sleep(0.05)
     assert client.get("/health/ready").status_code == 200
 

@@ -100,15 +100,22 @@ def in_process_baselines(threads: int) -> dict:
         return {"items_per_s": items * rounds / sum(latencies),
                 "p50_ms": 1000 * float(np.median(latencies)), "p95_ms": 1000 * float(np.percentile(latencies, 95))}
 
-    with torch.inference_mode():
-        batch = TEXTS[:32]
-        results["open_clip encode_text, batch 32 (full 77 tokens)"] = timed(
-            lambda: model.encode_text(tokenizer(batch), normalize=True), 32, 10)
-        from clip_service.embedder import encode_text_trimmed
+    from clip_service.embedder import encode_text_trimmed
 
-        results["service's trimmed text encoder, batch 32 (same texts)"] = timed(
+    batch = TEXTS[:32]
+    with torch.inference_mode():
+        results[f"open_clip encode_text, batch 32 (full 77 tokens), {threads} threads"] = timed(
+            lambda: model.encode_text(tokenizer(batch), normalize=True), 32, 10)
+        results[f"service's trimmed text encoder, batch 32 (same texts), {threads} threads"] = timed(
             lambda: encode_text_trimmed(model, tokenizer(batch)), 32, 10)
-        results["open_clip preprocess + encode_image, batch 16"] = timed(
+        # Per core: the service runs each forward pass on one thread.
+        torch.set_num_threads(1)
+        results["open_clip encode_text, batch 32 (full 77 tokens), 1 thread"] = timed(
+            lambda: model.encode_text(tokenizer(batch), normalize=True), 32, 6)
+        results["service's trimmed text encoder, batch 32 (same texts), 1 thread"] = timed(
+            lambda: encode_text_trimmed(model, tokenizer(batch)), 32, 10)
+        torch.set_num_threads(threads)
+        results[f"open_clip preprocess + encode_image, batch 16, {threads} threads"] = timed(
             lambda: model.encode_image(torch.stack([preprocess(i) for i in images]), normalize=True), 16, 6)
     for name, value in results.items():
         print(f"  {name}: {value}", flush=True)

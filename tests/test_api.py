@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from .conftest import image_bytes, reference_image_vectors, reference_text_vectors
+from .image_server import send_body
 
 
 def _unit(vectors):
@@ -79,12 +80,7 @@ def test_images_are_downloaded_concurrently(client, image_server, photos):
         time.sleep(0.3)
         with lock:
             in_flight[0] -= 1
-        data = photos["chelsea_0.jpg"]
-        handler.send_response(200)
-        handler.send_header("Content-Type", "image/jpeg")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        send_body(handler, photos["chelsea_0.jpg"], "image/jpeg")
 
     for i in range(4):
         image_server.routes[f"/slow{i}.jpg"] = slow

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from .image_server import send_body
 from .test_gunicorn import GunicornProcess, log_records, worker_pids
 
 
@@ -29,12 +30,7 @@ def slow_image_server(image_server, photos):
     def slow(handler):
         started.set()
         time.sleep(3)
-        data = photos["chelsea_0.jpg"]
-        handler.send_response(200)
-        handler.send_header("Content-Type", "image/jpeg")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        send_body(handler, photos["chelsea_0.jpg"], "image/jpeg")
 
     image_server.routes["/slow.jpg"] = slow
     image_server.slow_started = started

@@ -20,7 +20,7 @@ TRACE_KEY = "logging.googleapis.com/trace"
 
 
 class CloudLoggingFormatter(JsonFormatter):
-    """JSON lines with Cloud Logging's field names, plus the current request's id and trace."""
+    """JSON lines with Cloud Logging's field names (request id and trace come from the record)."""
 
     def __init__(self):
         super().__init__("%(message)s %(levelname)s %(name)s",
@@ -32,8 +32,6 @@ class CloudLoggingFormatter(JsonFormatter):
         log_record["pid"] = record.process
         if log_record.get("severity") == "WARN":
             log_record["severity"] = "WARNING"
-
-
 
 
 def install_request_fields() -> None:

@@ -14,6 +14,9 @@ log = logging.getLogger("clip_service.request")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
+# Probes and scrapes arrive every few seconds; their summary lines are noise.
+_QUIET_ENDPOINTS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+
 
 def record_batch(modality: str, size: int, seconds: float) -> None:
     """Embedder callback (from the batching thread): one forward pass of ``size`` items took ``seconds``."""
@@ -66,10 +69,6 @@ def _finish(response: Response) -> Response:
 
 def _teardown(_exc) -> None:
     request_context.end()
-
-
-# Probes and scrapes arrive every few seconds; their summary lines are noise.
-_QUIET_ENDPOINTS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
 
 
 def init_app(app: Flask) -> None:

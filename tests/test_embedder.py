@@ -131,3 +131,30 @@ def test_trimmed_text_encoding_on_the_real_architecture(vit_b32_checkpoint):
         full = model.encode_text(tokens, normalize=True)
         trimmed = encode_text_trimmed(model, tokens)
     assert (full - trimmed).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("texts", [
+    ["a", "bb cc", "a much longer text about a cat on a mat in the sun", ""],
+    [f"text {i} " + "word " * (i * 3 % 17) for i in range(24)],
+    ["word " * 200, "short", "a medium length text here", "x", "y z"],  # one truncated to 77 tokens
+])
+def test_packed_text_encoding_equals_open_clip_full_length(tiny_embedder, reference_model, texts):
+    from clip_service.embedder import encode_text_packed, supports_text_packing
+
+    assert supports_text_packing(tiny_embedder.model)
+    tokens = tiny_embedder.tokenizer(texts)
+    with torch.no_grad():
+        packed = encode_text_packed(tiny_embedder.model, tokens).numpy()
+    assert np.abs(packed - reference_text_vectors(reference_model, texts)).max() <= 1e-5
+
+
+def test_packed_text_encoding_on_the_real_architecture(vit_b32_checkpoint):
+    from clip_service.embedder import encode_text_packed
+
+    model = open_clip.create_model("ViT-B-32", pretrained=str(vit_b32_checkpoint)).eval()
+    texts = [("a photo of " + "a very " * (i % 9) + "big dog").strip() for i in range(20)]
+    tokens = open_clip.get_tokenizer("ViT-B-32")(texts)
+    with torch.no_grad():
+        full = model.encode_text(tokens, normalize=True)
+        packed = encode_text_packed(model, tokens)
+    assert (full - packed).abs().max().item() <= 1e-5

@@ -16,10 +16,9 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.transformer import text_global_pool
-
-from .batching import MicroBatcher
 from PIL import Image
 
+from .batching import MicroBatcher
 from .tokenizer import bounded
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,9 @@ class ClipEmbedder:
         self.device = device
         self.max_batch = max_batch
         self.dimensions = int(_embed_dim(model))
+        # Which text path the architecture allows, decided once, not per forward pass.
+        self._can_pack_text = supports_text_packing(model)
+        self._can_trim_text = supports_text_trimming(model)
         self.load_seconds: float | None = None
         # Called as on_batch(modality, size, seconds) after each forward pass;
         # the web layer hangs its metrics here so this module stays free of them.
@@ -195,9 +197,9 @@ class ClipEmbedder:
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        if len(tokens) >= _MIN_PACKED_BATCH and supports_text_packing(self.model):
+        if len(tokens) >= _MIN_PACKED_BATCH and self._can_pack_text:
             return encode_text_packed(self.model, tokens)
-        if supports_text_trimming(self.model):
+        if self._can_trim_text:
             return encode_text_trimmed(self.model, tokens)
         return self.model.encode_text(tokens, normalize=True)
 

@@ -6,8 +6,8 @@ import logging
 
 from gunicorn import glogging
 
-from .logging_setup import TRACE_KEY, CloudLoggingFormatter, gcp_project
-from .request_context import parse_trace
+from .logging_setup import CloudLoggingFormatter, gcp_project
+from .request_context import TRACE_KEY, parse_trace
 
 
 class JsonGunicornLogger(glogging.Logger):

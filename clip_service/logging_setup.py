@@ -16,8 +16,6 @@ from pythonjsonlogger.json import JsonFormatter
 
 from .request_context import current_log_fields
 
-TRACE_KEY = "logging.googleapis.com/trace"
-
 
 class CloudLoggingFormatter(JsonFormatter):
     """JSON lines with Cloud Logging's field names (request id and trace come from the record)."""

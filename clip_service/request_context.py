@@ -25,6 +25,10 @@ class RequestInfo:
     failures: Counter = field(default_factory=Counter)
 
 
+# Cloud Logging's keys for the trace and span of a log line.
+TRACE_KEY = "logging.googleapis.com/trace"
+SPAN_KEY = "logging.googleapis.com/spanId"
+
 _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar("clip_request", default=None)
 
 
@@ -76,9 +80,9 @@ def current_log_fields() -> dict:
         return {}
     fields = {"request_id": info.request_id}
     if info.trace:
-        fields["logging.googleapis.com/trace"] = info.trace
+        fields[TRACE_KEY] = info.trace
     if info.span_id:
-        fields["logging.googleapis.com/spanId"] = info.span_id
+        fields[SPAN_KEY] = info.span_id
     return fields
 
 

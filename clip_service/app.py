@@ -48,7 +48,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
 
     if embedder is None:
         embedder = ClipEmbedder.load(settings.model_name, settings.pretrained, settings.device,
-                                     cache_dir=settings.cache_dir, max_batch=settings.max_batch)
+                                     cache_dir=settings.cache_dir, max_batch=settings.max_batch,
+                                     prepack=settings.onednn_prepack)
     embedder.configure(parallel_forwards=settings.batch_runners, batching=settings.batching,
                        max_queue=settings.batch_max_queue, window_s=settings.batch_window_ms / 1000)
     app.extensions["clip_embedder"] = embedder

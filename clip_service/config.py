@@ -37,6 +37,8 @@ class Settings:
     )
     device: str = _setting("auto", doc="auto, cpu or cuda (auto picks CUDA when present)")
     cache_dir: str = _setting("", doc="where open_clip caches downloaded weights ('' = its default)")
+    onednn_prepack: bool = _setting(True, doc="on CPU, run the transformers' matrix products through oneDNN with "
+                                    "weights prepacked at load (same vectors, 1.2-1.7x faster)")
     max_batch: int = _setting(64, doc="largest batch sent through the model in one forward pass")
     batching: bool = _setting(True, doc="merge concurrent requests' items into shared forward passes")
     batch_runners: int = _setting(2, doc="forward passes run at once per worker (one per core, each with "

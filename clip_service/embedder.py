@@ -18,6 +18,7 @@ import torch
 from open_clip.transformer import text_global_pool
 from PIL import Image
 
+from . import prepacked
 from .batching import MicroBatcher
 from .tokenizer import bounded
 
@@ -72,6 +73,9 @@ class ClipEmbedder:
         self.device = device
         self.max_batch = max_batch
         self.dimensions = int(_embed_dim(model))
+        # Transformer blocks whose matrix products run through oneDNN (prepacked.py).
+        self.prepacked_blocks = sum(isinstance(module, prepacked.PrepackedSelfAttention)
+                                    for module in model.modules())
         # Which text path the architecture allows, decided once, not per forward pass.
         self._can_pack_text = supports_text_packing(model)
         self._can_trim_text = supports_text_trimming(model)
@@ -98,7 +102,7 @@ class ClipEmbedder:
 
     @classmethod
     def load(cls, model_name: str, pretrained: str, device: str = "auto", *,
-             cache_dir: str | None = None, max_batch: int = 64) -> "ClipEmbedder":
+             cache_dir: str | None = None, max_batch: int = 64, prepack: bool = True) -> "ClipEmbedder":
         """Build the model from a pretrained tag or a checkpoint file; never fall back to random weights."""
         started = time.monotonic()
         tag_cfg = pretrained_tag_config(model_name, pretrained)
@@ -127,11 +131,13 @@ class ClipEmbedder:
                 f"elsewhere and set CLIP_PRETRAINED=/path/to/checkpoint.pt "
                 f"(with CLIP_MODEL naming its architecture)."
             ) from exc
+        if prepack and device == "cpu":
+            prepacked.prepack(model)
         embedder = cls(model, preprocess, tokenizer, model_name=model_name,
                        pretrained=pretrained, device=device, max_batch=max_batch)
         embedder.load_seconds = time.monotonic() - started
-        log.info("loaded model %s (%s) on %s in %.1fs", model_name, pretrained, device,
-                 embedder.load_seconds)
+        log.info("loaded model %s (%s) on %s in %.1fs (%d blocks prepacked for oneDNN)", model_name,
+                 pretrained, device, embedder.load_seconds, embedder.prepacked_blocks)
         return embedder
 
     def configure(self, *, parallel_forwards: int = 1, batching: bool = False, max_queue: int = 512,
@@ -269,7 +275,8 @@ def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
 def supports_text_packing(model) -> bool:
     """Packing needs argmax (EOT) pooling and open_clip's own attention blocks."""
     return (supports_text_trimming(model) and model.text_pool_type == "argmax"
-            and all(isinstance(getattr(block, "attn", None), torch.nn.MultiheadAttention)
+            and all(isinstance(getattr(block, "attn", None),
+                               (torch.nn.MultiheadAttention, prepacked.PrepackedSelfAttention))
                     for block in model.transformer.resblocks))
 
 

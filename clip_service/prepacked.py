@@ -1,0 +1,136 @@
+"""oneDNN-prepacked fp32 matrix products for open_clip's transformer blocks (CPU only).
+
+open_clip's layers multiply through torch's default CPU GEMM (MKL), which on
+the AMD EPYC machines we measured reaches ~35-90 GFLOP/s per core depending
+on the row count; oneDNN with each weight reordered once, at load, into its
+blocked layout reaches ~100 at every row count (see BENCHMARKS.md). It is
+the same fp32 arithmetic: vectors agree with open_clip's to ~1e-7.
+
+The two ops are the ones torch's own compiler (inductor) emits when it
+freezes a CPU model; they are private, so their presence is checked, and
+each block is compared with open_clip's own before it is swapped in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from open_clip.transformer import ResidualAttentionBlock
+from torch import nn
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+
+_mkldnn = getattr(torch.ops, "mkldnn", None)
+_REORDER = getattr(_mkldnn, "_reorder_linear_weight", None)
+_LINEAR = getattr(getattr(_mkldnn, "_linear_pointwise", None), "default", None)
+
+# A swapped block must reproduce open_clip's block this closely on a random input.
+_TOLERANCE = 1e-4
+
+
+def available() -> bool:
+    """Whether this torch build has oneDNN and the two ops used here."""
+    return _REORDER is not None and _LINEAR is not None and torch.backends.mkldnn.is_available()
+
+
+class PrepackedLinear(nn.Module):
+    """``nn.Linear`` with its weight held in oneDNN's blocked layout."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.packed_weight = _REORDER(weight.detach())
+        self.bias = bias
+        self.out_features, self.in_features = weight.shape
+
+    @property
+    def weight(self) -> torch.Tensor:
+        # open_clip reads ``c_fc.weight.dtype`` to pick the text tower's cast dtype.
+        return self.packed_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _LINEAR(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
+
+
+class PrepackedSelfAttention(nn.Module):
+    """``nn.MultiheadAttention`` (batch-first self-attention) with prepacked projections.
+
+    Takes the same masks: a float mask is added to the scores; a boolean one
+    marks the positions that may *not* be attended to; 3-D masks are per
+    (batch x head), as ``encode_text_packed`` builds them.
+    """
+
+    def __init__(self, attn: nn.MultiheadAttention):
+        super().__init__()
+        self.num_heads = attn.num_heads
+        self.embed_dim = attn.embed_dim
+        self.batch_first = True
+        self.in_proj = PrepackedLinear(attn.in_proj_weight, attn.in_proj_bias)
+        self.out_proj = PrepackedLinear(attn.out_proj.weight, attn.out_proj.bias)
+
+    def forward(self, query, key, value, need_weights: bool = False, attn_mask=None):
+        if key is not query or value is not query or need_weights:
+            raise ValueError("PrepackedSelfAttention does self-attention only, without weights")
+        batch, length, width = query.shape
+        heads = self.num_heads
+        qkv = self.in_proj(query).view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                attn_mask = torch.zeros(attn_mask.shape, dtype=query.dtype).masked_fill_(attn_mask, float("-inf"))
+            if attn_mask.dim() == 3:
+                attn_mask = attn_mask.view(batch, heads, length, length)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width)), None
+
+
+def _swappable(block: nn.Module) -> bool:
+    attn = getattr(block, "attn", None)
+    mlp = getattr(block, "mlp", None)
+    return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
+            and isinstance(attn, nn.MultiheadAttention) and attn.batch_first
+            and attn._qkv_same_embed_dim and attn.bias_k is None and not attn.add_zero_attn
+            and attn.in_proj_weight.dtype == torch.float32 and attn.in_proj_weight.device.type == "cpu"
+            and isinstance(mlp, nn.Sequential)
+            and isinstance(getattr(mlp, "c_fc", None), nn.Linear)
+            and isinstance(getattr(mlp, "c_proj", None), nn.Linear))
+
+
+@torch.inference_mode()
+def _swap_checked(block: nn.Module, generator: torch.Generator) -> bool:
+    """Swap one block's matrix products; undo the swap unless it gives open_clip's output."""
+    x = torch.randn(2, 7, block.attn.embed_dim, generator=generator)
+    mask = torch.full((7, 7), float("-inf")).triu_(1)
+    expected = block(x, attn_mask=mask), block(x)
+    original = block.attn, block.mlp.c_fc, block.mlp.c_proj
+    block.attn = PrepackedSelfAttention(original[0])
+    block.mlp.c_fc = PrepackedLinear(original[1].weight, original[1].bias)
+    block.mlp.c_proj = PrepackedLinear(original[2].weight, original[2].bias)
+    actual = block(x, attn_mask=mask), block(x)
+    if all(torch.allclose(a, e, rtol=_TOLERANCE, atol=_TOLERANCE) for a, e in zip(actual, expected)):
+        return True
+    block.attn, block.mlp.c_fc, block.mlp.c_proj = original
+    return False
+
+
+def prepack(model: nn.Module) -> int:
+    """Swap the linear layers of every standard block of ``model``'s text and image towers.
+
+    Returns how many blocks were swapped (0 when oneDNN is missing or the
+    architecture is not open_clip's standard block). The original weights
+    are released, so the model takes no extra memory.
+    """
+    if not available():
+        return 0
+    generator = torch.Generator().manual_seed(0)
+    towers = [getattr(model, "transformer", None), getattr(getattr(model, "visual", None), "transformer", None)]
+    swapped = 0
+    for tower in towers:
+        for block in getattr(tower, "resblocks", ()):
+            if not _swappable(block):
+                continue
+            if not _swap_checked(block, generator):
+                log.warning("oneDNN prepacking changed a block's output; keeping open_clip's layers")
+                return swapped
+            swapped += 1
+    return swapped

@@ -1,6 +1,7 @@
 """The HTTP API on a real Flask app with the tiny real model and a local image server."""
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -97,6 +98,31 @@ def test_embed_mixed(client, image_server, reference_model):
     assert np.abs(np.asarray(body["text_embeddings"]) - reference_text_vectors(reference_model, ["a cat"])).max() <= 1e-5
     assert [len(v) for v in body["image_embeddings"]] == [32, 0]
     assert body["errors"][0]["index"] == 1
+
+
+def test_embed_mixed_embeds_the_texts_while_the_images_download(app, client, image_server, photos, monkeypatch):
+    embedder = app.extensions["clip_embedder"]
+    texts_embedded = threading.Event()
+    observe = embedder.on_batch
+
+    def on_batch(modality, size, seconds):
+        if modality == "text":
+            texts_embedded.set()
+        if observe is not None:
+            observe(modality, size, seconds)
+
+    monkeypatch.setattr(embedder, "on_batch", on_batch)
+    texts_done_during_download = []
+
+    def held(handler):
+        # Hold the image back until the texts' forward pass has run (at most 5 s).
+        texts_done_during_download.append(texts_embedded.wait(5))
+        send_body(handler, photos["chelsea_0.jpg"], "image/jpeg")
+
+    image_server.routes["/held.jpg"] = held
+    body = client.post("/embed/mixed", json={"texts": ["a cat"], "urls": [image_server.url("/held.jpg")]}).get_json()
+    assert texts_done_during_download == [True]
+    assert [len(v) for v in body["text_embeddings"] + body["image_embeddings"]] == [32, 32]
 
 
 @pytest.mark.parametrize("body", [{"texts": ["x"]}, {"texts": ["a"], "urls": []}])

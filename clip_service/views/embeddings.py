@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+
 from flask import current_app
 from flask_smorest import Blueprint
 
@@ -103,7 +106,13 @@ def embed_image(body):
 @_documents_body_errors
 def embed_mixed(body):
     """Embed texts and images in one call."""
-    slots, errors = embed_urls(body["urls"]) if body["urls"] else ([], [])
-    text_vectors = embed_texts(body["texts"])
+    texts, urls = body["texts"], body["urls"]
+    with ThreadPoolExecutor(1, thread_name_prefix="mixed-texts") as pool:  # no thread until a submit
+        # The texts go through the model while the images download, not after them.
+        text_job = pool.submit(contextvars.copy_context().run, _embedder().embed_texts, texts) \
+            if texts and urls else None
+        slots, errors = embed_urls(urls) if urls else ([], [])
+        text_vectors = text_job.result() if text_job else _embedder().embed_texts(texts)
+    record_embedded("text", len(texts))
     return json_response({"text_embeddings": text_vectors, "image_embeddings": slots,
                           "errors": errors, **_model_info()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -19,6 +20,16 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
 PHOTOS = Path(os.environ.get("BENCH_PHOTOS", ROOT.parent / "shared" / "images"))
+
+
+WORDS = ("cat dog sunset beach mountain city street car red blue small large old new photo of a the "
+         "with on in near under wooden metal glass painting drawing portrait landscape river forest "
+         "snow rain night day happy child woman man bicycle train boat flower garden kitchen").split()
+
+
+def make_texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) for _ in range(n)]
 
 
 def checkpoint(model_name: str = "ViT-B-32", seed: int = 0) -> Path:

@@ -20,17 +20,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import PHOTOS, MemorySampler, PhotoServer, Service, checkpoint, run_load  # noqa: E402
-
-WORDS = ("cat dog sunset beach mountain city street car red blue small large old new photo of a the "
-         "with on in near under wooden metal glass painting drawing portrait landscape river forest "
-         "snow rain night day happy child woman man bicycle train boat flower garden kitchen").split()
-
-
-def make_texts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) for _ in range(n)]
-
+from bench.harness import (PHOTOS, MemorySampler, PhotoServer, Service, checkpoint, make_texts,  # noqa: E402
+                           run_load)
 
 TEXTS = make_texts(512)
 BATCH_URL_FILES = [f"photo640/{p.name}" for p in sorted((PHOTOS / "photo640").iterdir())] + \

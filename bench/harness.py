@@ -32,6 +32,17 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) for _ in range(n)]
 
 
+def best_of(fn, rounds: int = 5) -> float:
+    """The fastest of ``rounds`` timed calls of ``fn`` (seconds), after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
 def checkpoint(model_name: str = "ViT-B-32", seed: int = 0) -> Path:
     """A fixed-seed random checkpoint of the real architecture (hub weights are out of reach here)."""
     path = CACHE / f"{model_name}-seed{seed}.pt"

@@ -20,8 +20,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (PHOTOS, MemorySampler, PhotoServer, Service, checkpoint, make_texts,  # noqa: E402
-                           run_load)
+from bench.harness import (PHOTOS, MemorySampler, PhotoServer, Service, best_of, checkpoint,  # noqa: E402
+                           make_texts, run_load)
 
 TEXTS = make_texts(512)
 BATCH_URL_FILES = [f"photo640/{p.name}" for p in sorted((PHOTOS / "photo640").iterdir())] + \
@@ -131,19 +131,11 @@ def json_microbench() -> dict:
     body = {"embeddings": vectors}
     as_lists = {"embeddings": vectors.tolist()}
 
-    def best(fn, rounds=20):
-        times = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-        return min(times)
-
     from clip_service.jsonio import dumps_bytes
 
-    ours = best(lambda: dumps_bytes(body))
-    stdlib = best(lambda: json.dumps(as_lists))
-    stdlib_with_tolist = best(lambda: json.dumps({"embeddings": vectors.tolist()}))
+    ours = best_of(lambda: dumps_bytes(body), rounds=20)
+    stdlib = best_of(lambda: json.dumps(as_lists), rounds=20)
+    stdlib_with_tolist = best_of(lambda: json.dumps({"embeddings": vectors.tolist()}), rounds=20)
     return {"orjson_ms": ours * 1000, "stdlib_ms": stdlib * 1000, "stdlib_incl_tolist_ms": stdlib_with_tolist * 1000}
 
 

@@ -28,7 +28,7 @@ def test_every_block_of_both_towers_is_prepacked(tiny_embedder):
                    for m in block.modules())
 
 
-@pytest.mark.parametrize("count", [1, 3, 12])  # plain, trimmed and packed text paths
+@pytest.mark.parametrize("count", [1, 3, 12])  # trimmed (one text, fewer than 4) and packed text paths
 def test_prepacked_tiny_model_equals_open_clip(tiny_embedder, reference_model, count):
     texts = TEXTS[:count]
     assert np.abs(tiny_embedder.embed_texts(texts) - reference_text_vectors(reference_model, texts)).max() <= 1e-5

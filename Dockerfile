@@ -32,7 +32,7 @@ COPY wsgi.py gunicorn.conf.py ./
 ARG CLIP_MODEL=ViT-B-32
 ARG CLIP_PRETRAINED=laion400m_e32
 ENV CLIP_MODEL=${CLIP_MODEL} CLIP_PRETRAINED=${CLIP_PRETRAINED}
-RUN python -c "import os; from clip_service.embedder import ClipEmbedder; \
+RUN python -c "import os; from clip_service.model.embedder import ClipEmbedder; \
 ClipEmbedder.load(os.environ['CLIP_MODEL'], os.environ['CLIP_PRETRAINED'], 'cpu', cache_dir=os.environ['CLIP_CACHE_DIR'])"
 
 # From here on nothing may reach a model hub: a missing file fails the start.

@@ -56,7 +56,7 @@ max_requests_jitter = settings.max_requests_jitter
 keepalive = 5
 loglevel = settings.log_level.lower()
 # Access and error logs as Cloud Logging JSON lines on stdout/stderr.
-logger_class = "clip_service.gunicorn_logging.JsonGunicornLogger"
+logger_class = "clip_service.ops.gunicorn_logs.JsonGunicornLogger"
 accesslog = "-"
 errorlog = "-"
 # Gunicorn's runtime control socket is unused here, and its default path in

@@ -8,7 +8,7 @@ import sys
 
 from clip_service import create_app
 from clip_service.config import ConfigError
-from clip_service.embedder import ModelLoadError
+from clip_service.model.embedder import ModelLoadError
 
 try:
     app = create_app()

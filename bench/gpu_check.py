@@ -40,7 +40,7 @@ def main() -> None:
     import open_clip
 
     from clip_service import create_app
-    from clip_service.embedder import ClipEmbedder
+    from clip_service.model.embedder import ClipEmbedder
 
     lines = [f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", ""]
     ck = str(checkpoint())

@@ -20,8 +20,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import (PHOTOS, MemorySampler, PhotoServer, Service, best_of, checkpoint,  # noqa: E402
-                           make_texts, run_load)
+from bench.harness import PHOTOS, MemorySampler, PhotoServer, Service, best_of, checkpoint, make_texts, run_load  # noqa: E402
 
 TEXTS = make_texts(512)
 BATCH_URL_FILES = [f"photo640/{p.name}" for p in sorted((PHOTOS / "photo640").iterdir())] + \
@@ -91,8 +90,8 @@ def in_process_baselines(threads: int) -> dict:
         return {"items_per_s": items * rounds / sum(latencies),
                 "p50_ms": 1000 * float(np.median(latencies)), "p95_ms": 1000 * float(np.percentile(latencies, 95))}
 
-    from clip_service import prepacked
-    from clip_service.embedder import encode_text_packed, encode_text_trimmed
+    from clip_service.model import prepacked
+    from clip_service.model.embedder import encode_text_packed, encode_text_trimmed
 
     # The service's model: the same weights with its transformer blocks prepacked for oneDNN.
     served, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint()))
@@ -131,7 +130,7 @@ def json_microbench() -> dict:
     body = {"embeddings": vectors}
     as_lists = {"embeddings": vectors.tolist()}
 
-    from clip_service.jsonio import dumps_bytes
+    from clip_service.web.jsonio import dumps_bytes
 
     ours = best_of(lambda: dumps_bytes(body), rounds=20)
     stdlib = best_of(lambda: json.dumps(as_lists), rounds=20)
@@ -144,7 +143,7 @@ def decode_microbench() -> dict:
     import open_clip
     import torch
 
-    from clip_service.images import decode_image
+    from clip_service.images.decoding import decode_image
 
     torch.set_num_threads(1)
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint()))

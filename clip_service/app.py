@@ -6,16 +6,16 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from . import observability
 from .config import Settings
-from .embedder import ClipEmbedder
-from .errors import register_error_handlers
-from .fetcher import ImageFetcher
-from .jsonio import OrjsonProvider
-from .logging_setup import configure_logging
-from .openai_errors import register_openai_error_handlers
-from .openapi import create_api
-from .readiness import ReadinessCheck
+from .images.fetcher import ImageFetcher
+from .model.embedder import ClipEmbedder
+from .ops import observability
+from .ops.logs import configure_logging
+from .ops.readiness import ReadinessCheck
+from .web.errors import register_error_handlers
+from .web.jsonio import OrjsonProvider
+from .web.openai.errors import register_openai_error_handlers
+from .web.openapi import create_api
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, *,
@@ -78,12 +78,13 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
         embedder, ttl=settings.ready_cache_seconds, timeout=settings.ready_timeout)
 
     api = create_api(app, settings)
-    from .views import embeddings, health, metrics, openai
+    from .web import embed, health, metrics
+    from .web.openai import views as openai_views
 
-    api.register_blueprint(embeddings.bp)
+    api.register_blueprint(embed.bp)
     api.register_blueprint(health.bp)
     api.register_blueprint(metrics.bp)
-    openai.register(api, settings)
+    openai_views.register(api, settings)
     register_error_handlers(app)
     register_openai_error_handlers(app)  # after the service's handlers: it wraps them for /v1
     observability.init_app(app)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .url_policy import Allowlist, parse_ports
+from .images.url_policy import Allowlist, parse_ports
 
 ENV_PREFIX = "CLIP_"
 

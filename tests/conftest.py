@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from clip_service import create_app
-from clip_service.embedder import ClipEmbedder
+from clip_service.model.embedder import ClipEmbedder
 
 from .image_server import ImageServer
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from clip_service import create_app
-from clip_service.batching import MicroBatcher, Overloaded
-from clip_service.embedder import ClipEmbedder
+from clip_service.model.batching import MicroBatcher, Overloaded
+from clip_service.model.embedder import ClipEmbedder
 
 from .conftest import TINY_MODEL, reference_text_vectors
 

@@ -19,10 +19,10 @@ import time
 import pytest
 from PIL import Image
 
-from clip_service import fetcher as fetcher_module
 from clip_service.config import ConfigError, Settings
-from clip_service.fetcher import FetchError, ImageFetcher
-from clip_service.url_policy import Allowlist, UrlPolicy, embedded_ipv4, is_public_address
+from clip_service.images import fetcher as fetcher_module
+from clip_service.images.fetcher import FetchError, ImageFetcher
+from clip_service.images.url_policy import Allowlist, UrlPolicy, embedded_ipv4, is_public_address
 
 from . import fault_server as fault
 from .conftest import image_bytes

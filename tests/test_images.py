@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_service.images import ImageDecodeError, decode_image
+from clip_service.images.decoding import ImageDecodeError, decode_image
 
 from .conftest import image_bytes
 

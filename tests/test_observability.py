@@ -8,8 +8,8 @@ import time
 import pytest
 
 from clip_service import create_app
-from clip_service.embedder import ClipEmbedder
-from clip_service.logging_setup import CloudLoggingFormatter
+from clip_service.model.embedder import ClipEmbedder
+from clip_service.ops.logs import CloudLoggingFormatter
 
 from .conftest import TINY_MODEL
 
@@ -134,7 +134,7 @@ def test_readiness_is_503_when_the_model_is_wedged(tiny_checkpoint):
 
 
 def test_readiness_result_is_cached(tiny_checkpoint):
-    from clip_service.readiness import ReadinessCheck
+    from clip_service.ops.readiness import ReadinessCheck
 
     class CountingEmbedder:
         calls = 0

@@ -301,7 +301,7 @@ def test_an_unexpected_error_is_a_500_in_openai_shape(app, monkeypatch):
 
 
 def test_a_full_queue_is_503_in_openai_shape(app, monkeypatch):
-    from clip_service.batching import Overloaded
+    from clip_service.model.batching import Overloaded
 
     def busy(texts):
         raise Overloaded()

@@ -7,7 +7,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from clip_service import create_app
-from clip_service.fetcher import FetchError
+from clip_service.images.fetcher import FetchError
 
 EMBED_PATHS = ["/embed/text", "/embed/image", "/embed/mixed"]
 

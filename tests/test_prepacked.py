@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_service import prepacked
-from clip_service.embedder import ClipEmbedder
+from clip_service.model import prepacked
+from clip_service.model.embedder import ClipEmbedder
 
 from .conftest import TINY_MODEL, reference_image_vectors, reference_text_vectors
 

@@ -11,8 +11,8 @@ import open_clip
 import pytest
 import torch
 
-from clip_service import tokenizer as tokenizer_module
-from clip_service.tokenizer import BoundedTokenizer, bounded
+from clip_service.model import tokenizer as tokenizer_module
+from clip_service.model.tokenizer import BoundedTokenizer, bounded
 
 from .conftest import TINY_MODEL, reference_text_vectors
 
@@ -101,7 +101,7 @@ def test_texts_longer_than_the_context_are_truncated_as_clip_does(client, refere
 
 
 def test_the_word_cache_stays_bounded(tiny_checkpoint, monkeypatch):
-    from clip_service.embedder import ClipEmbedder
+    from clip_service.model.embedder import ClipEmbedder
 
     monkeypatch.setattr(tokenizer_module, "MAX_CACHED_WORDS", 50)
     embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")

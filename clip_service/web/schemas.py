@@ -11,11 +11,10 @@ walk every float).
 from __future__ import annotations
 
 from flask import current_app
-from marshmallow import (RAISE, Schema, ValidationError, fields, pre_load, validate,
-                         validates_schema)
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from .config import Settings
-from .image_sources import is_data_uri
+from ..config import Settings
+from ..images.sources import is_data_uri
 
 
 def _settings() -> Settings:

@@ -29,8 +29,8 @@ from PIL import Image
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.ssl_ import create_urllib3_context
 
-from .image_sources import LocalImages, is_data_uri
-from .images import ImageDecodeError, decode_image
+from .decoding import ImageDecodeError, decode_image
+from .sources import LocalImages, is_data_uri
 from .url_policy import Allowlist, IPAddress, PolicyError, Target, UrlPolicy, parse_ports
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from flask import current_app, request
 from flask_smorest import Blueprint, abort
 from marshmallow import Schema, fields, validate
 
-from .fetcher import FetchError
-from .image_sources import LocalImages
-from .images import ImageDecodeError
+from ..images.decoding import ImageDecodeError
+from ..images.fetcher import FetchError
+from ..images.sources import LocalImages
 from .schemas import LimitedList
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import current_app
 from flask_smorest import Blueprint
 
-from ..jsonio import json_response
-from ..schemas import HealthSchema
+from .jsonio import json_response
+from .schemas import HealthSchema
 
 bp = Blueprint("health", __name__, description="Is the model loaded and serving?")
 

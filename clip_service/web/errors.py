@@ -8,7 +8,7 @@ from http import HTTPStatus
 from flask import Flask, Response, current_app
 from werkzeug.exceptions import HTTPException
 
-from .batching import Overloaded
+from ..model.batching import Overloaded
 from .jsonio import json_response
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response, g, request
 
 from . import metrics, request_context
-from .logging_setup import gcp_project, install_request_fields
+from .logs import gcp_project, install_request_fields
 
 log = logging.getLogger("clip_service.request")
 

@@ -8,15 +8,22 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import current_app
 from flask_smorest import Api, Blueprint
 
-from ..config import Settings
-from ..embedder import ClipEmbedder
-from ..fetcher import FetchError, ImageFetcher
+from ...config import Settings
+from ...images.fetcher import FetchError, ImageFetcher
+from ...model.embedder import ClipEmbedder
+from ...ops.observability import record_embedded, record_item_failures
 from ..jsonio import JsonBodyParser, json_response
-from ..observability import record_embedded, record_item_failures
-from ..openai_errors import PREFIX, OpenAIError
-from ..openai_format import count_tokens, encode_vector
-from ..openai_schemas import (EmbeddingInput, EmbeddingListSchema, EmbeddingRequestSchema, ModelListSchema,
-                              ModelSchema, OpenAIErrorSchema, is_image_input)
+from .errors import PREFIX, OpenAIError
+from .format import count_tokens, encode_vector
+from .schemas import (
+    EmbeddingInput,
+    EmbeddingListSchema,
+    EmbeddingRequestSchema,
+    ModelListSchema,
+    ModelSchema,
+    OpenAIErrorSchema,
+    is_image_input,
+)
 
 ERROR_RESPONSE = "OPENAI_ERROR"
 # OpenAI's model objects say when they were created; here, when this process started.

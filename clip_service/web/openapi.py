@@ -9,7 +9,7 @@ from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Flask
 from flask_smorest import Api
 
-from .config import Settings
+from ..config import Settings
 from .schemas import ErrorEnvelopeSchema, LimitedList, LimitedString
 
 # Swagger UI's scripts come from this CDN in the reader's browser; the service serves only the page.

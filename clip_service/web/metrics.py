@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response
 from flask_smorest import Blueprint
 
-from .. import metrics
+from ..ops import metrics
 
 bp = Blueprint("metrics", __name__, description="Prometheus metrics.")
 

@@ -8,15 +8,21 @@ from concurrent.futures import ThreadPoolExecutor
 from flask import current_app
 from flask_smorest import Blueprint
 
-from ..embedder import ClipEmbedder
-from ..fetcher import FetchError, ImageFetcher
-from ..image_sources import describe
-from ..jsonio import JsonBodyParser, json_response
-from ..observability import record_embedded, record_item_failures
-from ..schemas import (ErrorEnvelopeSchema, ImageEmbedRequestSchema, ImageEmbeddingsSchema,
-                       MixedEmbedRequestSchema, MixedEmbeddingsSchema, TextEmbeddingsSchema,
-                       TextEmbedRequestSchema)
-from ..uploads import read_uploads, takes_uploads
+from ..images.fetcher import FetchError, ImageFetcher
+from ..images.sources import describe
+from ..model.embedder import ClipEmbedder
+from ..ops.observability import record_embedded, record_item_failures
+from .jsonio import JsonBodyParser, json_response
+from .schemas import (
+    ErrorEnvelopeSchema,
+    ImageEmbeddingsSchema,
+    ImageEmbedRequestSchema,
+    MixedEmbeddingsSchema,
+    MixedEmbedRequestSchema,
+    TextEmbeddingsSchema,
+    TextEmbedRequestSchema,
+)
+from .uploads import read_uploads, takes_uploads
 
 bp = Blueprint("embeddings", __name__, url_prefix="/embed",
                description="Turn texts and images into L2-normalised CLIP vectors.")

@@ -6,7 +6,7 @@ import logging
 
 from gunicorn import glogging
 
-from .logging_setup import CloudLoggingFormatter, gcp_project
+from .logs import CloudLoggingFormatter, gcp_project
 from .request_context import TRACE_KEY, parse_trace
 
 

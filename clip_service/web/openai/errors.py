@@ -13,7 +13,7 @@ import functools
 import orjson
 from flask import Flask, Response, has_request_context, request
 
-from .jsonio import json_response
+from ..jsonio import json_response
 
 PREFIX = "/v1"
 

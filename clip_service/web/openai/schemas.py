@@ -10,9 +10,9 @@ from __future__ import annotations
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from .config import Settings
-from .image_sources import is_data_uri, is_image_data_uri
-from .schemas import _RequestSchema
+from ...config import Settings
+from ...images.sources import is_data_uri, is_image_data_uri
+from ..schemas import _RequestSchema
 
 MODALITIES = ("text", "image")
 ENCODING_FORMATS = ("float", "base64")

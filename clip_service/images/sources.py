@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from .images import ImageDecodeError, decode_image
+from .decoding import ImageDecodeError, decode_image
 
 # The part before the comma is short ("data:image/jpeg;base64"); looking for the
 # comma only this far keeps a malformed multi-megabyte URI from being scanned.

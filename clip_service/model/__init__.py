@@ -1,0 +1,1 @@
+"""The model layer: open_clip weights, tokenizing, text and image encoding, batching. No web, no network."""

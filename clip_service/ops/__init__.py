@@ -1,0 +1,1 @@
+"""Operations: structured logs, request context, Prometheus metrics, readiness."""

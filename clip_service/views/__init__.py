@@ -1,1 +1,0 @@
-"""Blueprints: thin views that validate, call the embedder or fetcher, and shape the answer."""

@@ -1,0 +1,1 @@
+"""The HTTP layer: blueprints (thin views), schemas, the OpenAPI document, error rendering, JSON I/O."""

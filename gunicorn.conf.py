@@ -77,8 +77,7 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     # Warm up here, after the fork, never in the master (the hazard above).
-    embedder = worker.wsgi.extensions["clip_embedder"]
-    embedder.warm_up()
+    worker.wsgi.extensions["clip_readiness"].warm_up()
     worker.log.info("worker %s warmed up (torch threads=%s)", worker.pid, torch.get_num_threads())
 
 

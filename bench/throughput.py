@@ -8,7 +8,6 @@ real weights) and a local server with the photographs in ../shared/images.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import sys
@@ -91,7 +90,7 @@ def in_process_baselines(threads: int) -> dict:
                 "p50_ms": 1000 * float(np.median(latencies)), "p95_ms": 1000 * float(np.percentile(latencies, 95))}
 
     from clip_service.model import prepacked
-    from clip_service.model.embedder import encode_text_packed, encode_text_trimmed
+    from clip_service.model.text_encoding import encode_text_packed, encode_text_trimmed
 
     # The service's model: the same weights with its transformer blocks prepacked for oneDNN.
     served, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint()))

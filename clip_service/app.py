@@ -11,21 +11,21 @@ from .images.fetcher import ImageFetcher
 from .model.embedder import ClipEmbedder
 from .ops import observability
 from .ops.logs import configure_logging
-from .ops.readiness import ReadinessCheck
+from .ops.readiness import Readiness
+from .pipeline import EmbeddingPipeline
 from .web.errors import register_error_handlers
 from .web.jsonio import OrjsonProvider
-from .web.openai.errors import register_openai_error_handlers
 from .web.openapi import create_api
 
 
-def create_app(test_config: Mapping[str, Any] | None = None, *,
-               embedder: ClipEmbedder | None = None) -> Flask:
+def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEmbedder | None = None,
+               fetcher: ImageFetcher | None = None) -> Flask:
     """Create the service: settings from the environment, then ``test_config``; load the model.
 
     Keys of ``test_config`` that name a ``Settings`` field override that
     setting; the rest go to ``app.config``. Tests may pass their own
-    ``embedder``; otherwise the configured weights are loaded, and
-    ``ModelLoadError`` propagates so the process refuses to start.
+    ``embedder`` or ``fetcher``; otherwise the configured weights are loaded,
+    and ``ModelLoadError`` propagates so the process refuses to start.
     """
     test_config = dict(test_config or {})
     setting_names = set(Settings.__dataclass_fields__)
@@ -33,15 +33,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
 
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
-    app.config.update(
-        CLIP=settings,
-        MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        API_TITLE="clip-service",
-        API_VERSION="1.0",
-        OPENAPI_VERSION="3.0.3",
-        OPENAPI_URL_PREFIX="/",
-        OPENAPI_JSON_PATH="openapi.json",
-    )
+    app.config.update(CLIP=settings, MAX_CONTENT_LENGTH=settings.max_body_bytes)
     app.config.update(test_config)
     if not app.testing:
         configure_logging(settings.log_level)
@@ -52,8 +44,28 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
                                      prepack=settings.onednn_prepack)
     embedder.configure(parallel_forwards=settings.batch_runners, batching=settings.batching,
                        max_queue=settings.batch_max_queue, window_s=settings.batch_window_ms / 1000)
+    if fetcher is None:
+        fetcher = _fetcher(settings, embedder)
     app.extensions["clip_embedder"] = embedder
-    app.extensions["clip_fetcher"] = ImageFetcher(
+    app.extensions["clip_pipeline"] = EmbeddingPipeline(embedder, fetcher)
+    app.extensions["clip_readiness"] = Readiness(embedder, ttl=settings.ready_cache_seconds,
+                                                 timeout=settings.ready_timeout)
+
+    api = create_api(app, settings)
+    register_error_handlers(app)
+    from .web import embed, health, metrics
+    from .web.openai import views as openai_views
+
+    api.register_blueprint(embed.bp)
+    api.register_blueprint(health.bp)
+    api.register_blueprint(metrics.bp)
+    openai_views.register(app, api)
+    observability.init_app(app)
+    return app
+
+
+def _fetcher(settings: Settings, embedder: ClipEmbedder) -> ImageFetcher:
+    return ImageFetcher(
         connect_timeout=settings.fetch_connect_timeout,
         read_timeout=settings.fetch_read_timeout,
         max_bytes=settings.fetch_max_bytes,
@@ -70,22 +82,3 @@ def create_app(test_config: Mapping[str, Any] | None = None, *,
         # Decode big JPEGs at a reduced scale that still covers the model's input.
         draft_size=embedder.input_size if settings.jpeg_draft else None,
     )
-
-    # Images sent in the request (uploads) get the fetcher's limits, even where a test swaps the fetcher.
-    app.extensions["clip_local_images"] = app.extensions["clip_fetcher"].local
-
-    app.extensions["clip_readiness"] = ReadinessCheck(
-        embedder, ttl=settings.ready_cache_seconds, timeout=settings.ready_timeout)
-
-    api = create_api(app, settings)
-    from .web import embed, health, metrics
-    from .web.openai import views as openai_views
-
-    api.register_blueprint(embed.bp)
-    api.register_blueprint(health.bp)
-    api.register_blueprint(metrics.bp)
-    openai_views.register(api, settings)
-    register_error_handlers(app)
-    register_openai_error_handlers(app)  # after the service's handlers: it wraps them for /v1
-    observability.init_app(app)
-    return app

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import image_bytes, reference_image_vectors, reference_text_vectors
+from .conftest import reference_image_vectors, reference_text_vectors
 from .image_server import send_body
 
 
@@ -22,7 +22,7 @@ def test_health(client):
 
 
 def test_health_is_503_without_a_model(app):
-    app.extensions["clip_embedder"] = None
+    app.extensions["clip_readiness"].embedder = None
     response = app.test_client().get("/health")
     assert response.status_code == 503
     assert response.get_json()["model_loaded"] is False

@@ -112,11 +112,11 @@ def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
     try:
         first = pool.submit(client.post, "/embed/text", json={"texts": ["a"]})
         deadline = time.monotonic() + 5
-        while batcher._pid is None or batcher._jobs:  # wait until the batch thread took it
+        while not batcher.started or batcher.queued:  # wait until the batch thread took it
             assert time.monotonic() < deadline
             time.sleep(0.01)
         second = pool.submit(client.post, "/embed/text", json={"texts": ["b", "c"]})
-        while batcher._queued < 2:
+        while batcher.queued < 2:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         response = client.post("/embed/text", json={"texts": ["d"]})

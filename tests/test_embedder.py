@@ -116,14 +116,14 @@ def test_real_vit_b32_loaded_from_a_local_checkpoint_via_the_environment(monkeyp
     [""],
 ])
 def test_trimmed_text_encoding_equals_open_clip_full_length(tiny_embedder, reference_model, texts):
-    from clip_service.model.embedder import supports_text_trimming
+    from clip_service.model.text_encoding import supports_text_trimming
 
     assert supports_text_trimming(tiny_embedder.model)
     assert np.abs(tiny_embedder.embed_texts(texts) - reference_text_vectors(reference_model, texts)).max() <= 1e-5
 
 
 def test_trimmed_text_encoding_on_the_real_architecture(vit_b32_checkpoint):
-    from clip_service.model.embedder import encode_text_trimmed
+    from clip_service.model.text_encoding import encode_text_trimmed
 
     model = open_clip.create_model("ViT-B-32", pretrained=str(vit_b32_checkpoint)).eval()
     tokens = open_clip.get_tokenizer("ViT-B-32")(["a dog", "two dogs playing with a ball in a park at sunset"] * 4)
@@ -139,7 +139,7 @@ def test_trimmed_text_encoding_on_the_real_architecture(vit_b32_checkpoint):
     ["word " * 200, "short", "a medium length text here", "x", "y z"],  # one truncated to 77 tokens
 ])
 def test_packed_text_encoding_equals_open_clip_full_length(tiny_embedder, reference_model, texts):
-    from clip_service.model.embedder import encode_text_packed, supports_text_packing
+    from clip_service.model.text_encoding import encode_text_packed, supports_text_packing
 
     assert supports_text_packing(tiny_embedder.model)
     tokens = tiny_embedder.tokenizer(texts)
@@ -149,7 +149,7 @@ def test_packed_text_encoding_equals_open_clip_full_length(tiny_embedder, refere
 
 
 def test_packed_text_encoding_on_the_real_architecture(vit_b32_checkpoint):
-    from clip_service.model.embedder import encode_text_packed
+    from clip_service.model.text_encoding import encode_text_packed
 
     model = open_clip.create_model("ViT-B-32", pretrained=str(vit_b32_checkpoint)).eval()
     texts = [("a photo of " + "a very " * (i % 9) + "big dog").strip() for i in range(20)]

@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from clip_service.config import ConfigError, Settings
-from clip_service.images import fetcher as fetcher_module
-from clip_service.images.fetcher import FetchError, ImageFetcher
+from clip_service.images import http as http_module
+from clip_service.images.errors import ItemError
+from clip_service.images.fetcher import ImageFetcher
 from clip_service.images.url_policy import Allowlist, UrlPolicy, embedded_ipv4, is_public_address
 
 from . import fault_server as fault
@@ -37,7 +38,7 @@ PNG = image_bytes(Image.new("RGB", (32, 24), (200, 30, 30)), "PNG")
 def connections(monkeypatch):
     """Every address the fetcher connects to; anything but loopback fails the test unconnected."""
     made: list[str] = []
-    real_connect = fetcher_module._DeadlineSocket.connect
+    real_connect = http_module.DeadlineSocket.connect
 
     def guarded(sock, address):
         made.append(address[0])
@@ -45,7 +46,7 @@ def connections(monkeypatch):
             raise AssertionError(f"the fetcher tried to connect to {address[0]}")
         return real_connect(sock, address)
 
-    monkeypatch.setattr(fetcher_module._DeadlineSocket, "connect", guarded)
+    monkeypatch.setattr(http_module.DeadlineSocket, "connect", guarded)
     return made
 
 
@@ -77,7 +78,7 @@ def fetch_one(f: ImageFetcher, url: str):
 
 
 def code_of(result) -> str:
-    return result.code if isinstance(result, FetchError) else "ok"
+    return result.code if isinstance(result, ItemError) else "ok"
 
 
 # --- destinations that are blocked --------------------------------------------------------------
@@ -178,7 +179,7 @@ def test_dns_rebinding_connects_only_to_the_checked_address(server, canary, conn
         refused.append(address)
         raise ConnectionRefusedError("test: public addresses are never contacted")
 
-    monkeypatch.setattr(fetcher_module._DeadlineSocket, "connect", no_public_traffic)
+    monkeypatch.setattr(http_module.DeadlineSocket, "connect", no_public_traffic)
     f = make_fetcher(server, canary, resolver=resolver)
     result = fetch_one(f, f"http://rebind.example.com:{canary.port}/")
     assert code_of(result) == "fetch_failed"
@@ -537,10 +538,12 @@ def test_fetch_settings_come_from_the_environment():
 def test_the_default_policy_blocks_loopback_and_odd_ports():
     policy = UrlPolicy()
     target = policy.check_url("http://127.0.0.1/a.png")
-    with pytest.raises(ValueError):
+    with pytest.raises(ItemError) as blocked:
         policy.check_address(target, ipaddress.ip_address("127.0.0.1"))
-    with pytest.raises(ValueError):
+    assert blocked.value.code == "blocked_url"
+    with pytest.raises(ItemError) as port:
         policy.check_url("http://example.com:8080/a.png")
+    assert port.value.code == "blocked_url"
 
 
 # --- through the API ----------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_service.images.decoding import ImageDecodeError, decode_image
+from clip_service.images.decoding import decode_image
+from clip_service.images.errors import ItemError
 
 from .conftest import image_bytes
 
@@ -87,21 +88,21 @@ def test_only_the_first_frame_of_an_animation():
     (b"%PDF-1.7\n" + b"\x00" * 64, "unsupported_format"),
 ])
 def test_bytes_that_are_not_an_accepted_image(data, code):
-    with pytest.raises(ImageDecodeError) as err:
+    with pytest.raises(ItemError) as err:
         decode_image(data, max_pixels=MAX_PIXELS)
     assert err.value.code == code
 
 
 def test_truncated_jpeg_is_a_decode_failure(photos):
     data = photos["chelsea_0.jpg"]
-    with pytest.raises(ImageDecodeError) as err:
+    with pytest.raises(ItemError) as err:
         decode_image(data[: len(data) // 2], max_pixels=MAX_PIXELS)
     assert err.value.code == "decode_failed"
 
 
 def test_pixel_limit_is_checked_before_decoding():
     data = image_bytes(Image.new("L", (2000, 2000)), "PNG")
-    with pytest.raises(ImageDecodeError) as err:
+    with pytest.raises(ItemError) as err:
         decode_image(data, max_pixels=1_000_000)
     assert err.value.code == "too_large"
 

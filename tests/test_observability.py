@@ -134,7 +134,7 @@ def test_readiness_is_503_when_the_model_is_wedged(tiny_checkpoint):
 
 
 def test_readiness_result_is_cached(tiny_checkpoint):
-    from clip_service.ops.readiness import ReadinessCheck
+    from clip_service.ops.readiness import Readiness
 
     class CountingEmbedder:
         calls = 0
@@ -145,7 +145,7 @@ def test_readiness_result_is_cached(tiny_checkpoint):
 
     now = [100.0]
     embedder = CountingEmbedder()
-    check = ReadinessCheck(embedder, ttl=5, timeout=1, clock=lambda: now[0])
+    check = Readiness(embedder, ttl=5, timeout=1, clock=lambda: now[0])
     assert check() and check() and embedder.calls == 1
     now[0] += 5
     assert check() and embedder.calls == 2

@@ -295,7 +295,7 @@ def test_an_unexpected_error_is_a_500_in_openai_shape(app, monkeypatch):
     def broken(texts):
         raise RuntimeError("internals " + SECRET)
 
-    monkeypatch.setattr(app.extensions["clip_embedder"], "embed_texts", broken)
+    monkeypatch.setattr(app.extensions["clip_embedder"], "embed_tokens", broken)
     error = assert_openai_error(app.test_client().post("/v1/embeddings", json=GOOD), 500)
     assert error["message"] == "internal error"
 
@@ -306,7 +306,7 @@ def test_a_full_queue_is_503_in_openai_shape(app, monkeypatch):
     def busy(texts):
         raise Overloaded()
 
-    monkeypatch.setattr(app.extensions["clip_embedder"], "embed_texts", busy)
+    monkeypatch.setattr(app.extensions["clip_embedder"], "embed_tokens", busy)
     response = app.test_client().post("/v1/embeddings", json=GOOD)
     assert_openai_error(response, 503, code="overloaded")
     assert response.headers["Retry-After"] == "1"

@@ -7,7 +7,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from clip_service import create_app
-from clip_service.images.fetcher import FetchError
+from clip_service.images.errors import ItemError
 
 EMBED_PATHS = ["/embed/text", "/embed/image", "/embed/mixed"]
 
@@ -94,17 +94,17 @@ class OfflineFetcher:
     def __init__(self):
         self.calls = 0
 
-    def fetch_images(self, urls):
+    def fetch_all(self, sources, then):
         self.calls += 1
-        return [FetchError("fetch_failed", "offline in this test") for _ in urls]
+        return [ItemError("fetch_failed", "offline in this test") for _ in sources]
 
 
 @pytest.fixture
 def fuzzed_app(tiny_embedder):
     # Small limits, so the fuzzer's boundary cases (limit, limit + 1) are cheap to run.
     app = create_app({"TESTING": True, "max_texts": 6, "max_urls": 4, "max_text_chars": 300,
-                      "max_url_chars": 200, "max_body_bytes": 64 * 1024}, embedder=tiny_embedder)
-    app.extensions["clip_fetcher"] = OfflineFetcher()
+                      "max_url_chars": 200, "max_body_bytes": 64 * 1024}, embedder=tiny_embedder,
+                     fetcher=OfflineFetcher())
     return app
 
 

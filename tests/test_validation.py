@@ -249,6 +249,6 @@ def test_an_unexpected_error_is_a_500_envelope_without_a_traceback(app, monkeypa
     def broken(texts):
         raise RuntimeError("secret internals " + SECRET)
 
-    monkeypatch.setattr(app.extensions["clip_embedder"], "embed_texts", broken)
+    monkeypatch.setattr(app.extensions["clip_embedder"], "embed_tokens", broken)
     body = assert_envelope(app.test_client().post("/embed/text", json=GOOD), 500)
     assert body["message"] == "internal error"

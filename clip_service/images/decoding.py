@@ -12,6 +12,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ItemError
+
 # Pillow's rarer decoders are where its CVEs live; only these are ever run.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
@@ -26,15 +28,6 @@ _KNOWN_OTHER_SIGNATURES = (
 
 # Transparent pixels are shown over white, as a browser would show them.
 _BACKGROUND = (255, 255, 255)
-
-
-class ImageDecodeError(ValueError):
-    """Bytes that cannot become an image; ``code`` is the per-item error code."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:
@@ -52,27 +45,27 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None)
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = img.size
             if width <= 0 or height <= 0:
-                raise ImageDecodeError("decode_failed", "image has no pixels")
+                raise ItemError("decode_failed", "image has no pixels")
             if width * height > max_pixels:
-                raise ImageDecodeError(
+                raise ItemError(
                     "too_large", f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
             if draft_size and img.format == "JPEG":
                 # Pillow picks the largest 1/2, 1/4 or 1/8 scale that stays at or above this size.
                 img.draft(None, (2 * draft_size, 2 * draft_size))
             img.load()  # first frame only: animations are never advanced
-    except ImageDecodeError:
+    except ItemError:
         raise
     except UnidentifiedImageError:
         fmt = _other_format(data)
         if fmt:
-            raise ImageDecodeError(
+            raise ItemError(
                 "unsupported_format",
                 f"{fmt} images are not accepted; send {', '.join(ALLOWED_FORMATS)}") from None
-        raise ImageDecodeError("not_an_image", "the data is not a recognised image") from None
+        raise ItemError("not_an_image", "the data is not a recognised image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageDecodeError("too_large", "image exceeds the pixel limit") from None
+        raise ItemError("too_large", "image exceeds the pixel limit") from None
     except Exception as exc:  # truncated or corrupt files raise OSError, ValueError, SyntaxError...
-        raise ImageDecodeError("decode_failed", f"image could not be decoded ({type(exc).__name__})") from None
+        raise ItemError("decode_failed", f"image could not be decoded ({type(exc).__name__})") from None
     return to_rgb(_upright(img))
 
 

@@ -1,7 +1,8 @@
-"""Images that arrive inside the request: base64 data: URIs and multipart uploads.
+"""Images that arrive inside the request: base64 ``data:`` URIs and uploaded files.
 
-No network and no model here. Both are decoded by ``images.decode_image`` with
-the fetcher's limits (bytes, pixels, formats, first frame only), so an image
+No network, no decoding and no model here: each source becomes bytes, with
+the same byte limit as a download, and is then decoded like a downloaded
+image (the same pixel limit, formats and first frame only), so an image
 costs the same at most however it arrives.
 """
 
@@ -13,9 +14,7 @@ import math
 import re
 from typing import BinaryIO
 
-from PIL import Image
-
-from .decoding import ImageDecodeError, decode_image
+from .errors import ItemError
 
 # The part before the comma is short ("data:image/jpeg;base64"); looking for the
 # comma only this far keeps a malformed multi-megabyte URI from being scanned.
@@ -40,54 +39,45 @@ def describe(source: str) -> str:
     return (header if header.isascii() and header.isprintable() else "data:") + ",..."
 
 
-class LocalImages:
-    """Decode images sent in the request itself, with the same limits as downloaded ones."""
+def too_large(max_bytes: int) -> ItemError:
+    return ItemError("too_large", f"the image is larger than {max_bytes} bytes")
 
-    def __init__(self, *, max_bytes: int, max_pixels: int, draft_size: int | None = None):
-        self.max_bytes = max_bytes
-        self.max_pixels = max_pixels
-        self.draft_size = draft_size
 
-    def from_data_uri(self, uri: str) -> Image.Image:
-        """Decode ``data:image/<type>[;...];base64,<payload>``; raise ``ImageDecodeError`` saying why not."""
-        return self._decode(self._data_uri_bytes(uri))
+def read_upload(stream: BinaryIO, max_bytes: int) -> bytes:
+    """An uploaded file's bytes, reading at most one byte past the limit."""
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise too_large(max_bytes)
+    return data
 
-    def from_upload(self, stream: BinaryIO) -> Image.Image:
-        """Decode an uploaded file, reading at most one byte past the limit."""
-        data = stream.read(self.max_bytes + 1)
-        if len(data) > self.max_bytes:
-            raise self._too_large()
-        return self._decode(data)
 
-    def _decode(self, data: bytes) -> Image.Image:
-        return decode_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size)
+def data_uri_bytes(uri: str, max_bytes: int) -> bytes:
+    """The image bytes of ``data:image/<type>[;...];base64,<payload>``; raise ``ItemError`` saying why not.
 
-    def _too_large(self) -> ImageDecodeError:
-        return ImageDecodeError("too_large", f"the image is larger than {self.max_bytes} bytes")
-
-    def _data_uri_bytes(self, uri: str) -> bytes:
-        comma = uri.find(",", 0, _MAX_HEADER_CHARS)
-        header = uri[5:comma].lower() if comma >= 0 else ""
-        params = header.split(";")
-        if comma < 0 or not params[0].startswith("image/") or params[-1] != "base64":
-            raise ImageDecodeError("invalid_url", "a data URI must be data:image/<type>;base64,<data>")
-        payload = uri[comma + 1:]
-        # Refused by its length before anything is allocated (base64 is 4 characters per
-        # 3 bytes; the slack allows for MIME line breaks), and exactly once decoded.
-        if len(payload) > 4 * math.ceil(self.max_bytes / 3) * 1.1 + 64:
-            raise self._too_large()
-        try:
-            raw = payload.encode("ascii")
-        except UnicodeEncodeError:
-            raise ImageDecodeError("invalid_url", "the data URI's base64 data is not valid") from None
-        raw = _WHITESPACE.sub(b"", raw)
-        if b"-" in raw or b"_" in raw:  # the URL-safe alphabet
-            raw = raw.translate(bytes.maketrans(b"-_", b"+/"))
-        raw += b"=" * (-len(raw) % 4)  # padding is often left off
-        try:
-            data = base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError):
-            raise ImageDecodeError("invalid_url", "the data URI's base64 data is not valid") from None
-        if len(data) > self.max_bytes:
-            raise self._too_large()
-        return data
+    Line breaks, missing padding and the URL-safe alphabet are accepted.
+    """
+    comma = uri.find(",", 0, _MAX_HEADER_CHARS)
+    header = uri[5:comma].lower() if comma >= 0 else ""
+    params = header.split(";")
+    if comma < 0 or not params[0].startswith("image/") or params[-1] != "base64":
+        raise ItemError("invalid_url", "a data URI must be data:image/<type>;base64,<data>")
+    payload = uri[comma + 1:]
+    # Refused by its length before anything is allocated (base64 is 4 characters per
+    # 3 bytes; the slack allows for MIME line breaks), and exactly once decoded.
+    if len(payload) > 4 * math.ceil(max_bytes / 3) * 1.1 + 64:
+        raise too_large(max_bytes)
+    try:
+        raw = payload.encode("ascii")
+    except UnicodeEncodeError:
+        raise ItemError("invalid_url", "the data URI's base64 data is not valid") from None
+    raw = _WHITESPACE.sub(b"", raw)
+    if b"-" in raw or b"_" in raw:  # the URL-safe alphabet
+        raw = raw.translate(bytes.maketrans(b"-_", b"+/"))
+    raw += b"=" * (-len(raw) % 4)  # padding is often left off
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise ItemError("invalid_url", "the data URI's base64 data is not valid") from None
+    if len(data) > max_bytes:
+        raise too_large(max_bytes)
+    return data

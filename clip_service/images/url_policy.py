@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, urlsplit
 
+from .errors import ItemError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -39,15 +41,6 @@ _TEREDO = ipaddress.ip_network("2001::/32")
 # Names refused before any lookup: they mean this machine or the metadata server
 # wherever the service runs (RFC 6761 reserves every *.localhost name).
 _BLOCKED_NAMES = ("localhost", "metadata.google.internal", "metadata.goog")
-
-
-class PolicyError(ValueError):
-    """A URL or destination the fetcher must not use; ``code`` is the per-item error code."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -163,34 +156,34 @@ class UrlPolicy:
     max_url_chars: int = 2048
 
     def check_url(self, url: str) -> Target:
-        """Check scheme, form, length and port; raise PolicyError (invalid_url or blocked_url)."""
+        """Check scheme, form, length and port; raise ItemError (invalid_url or blocked_url)."""
         if not isinstance(url, str) or not url:
-            raise PolicyError("invalid_url", "the URL is empty")
+            raise ItemError("invalid_url", "the URL is empty")
         if len(url) > self.max_url_chars:
-            raise PolicyError("invalid_url", f"the URL is longer than {self.max_url_chars} characters")
+            raise ItemError("invalid_url", f"the URL is longer than {self.max_url_chars} characters")
         if any(ord(c) < 33 or ord(c) == 127 or c == "\\" for c in url):
             # Parsers disagree about whitespace, control characters and backslashes.
-            raise PolicyError("invalid_url", "the URL contains spaces, control characters or backslashes")
+            raise ItemError("invalid_url", "the URL contains spaces, control characters or backslashes")
         try:
             parts: SplitResult = urlsplit(url)
             port = parts.port
         except ValueError:
-            raise PolicyError("invalid_url", "the URL cannot be parsed") from None
+            raise ItemError("invalid_url", "the URL cannot be parsed") from None
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-            raise PolicyError("invalid_url", "only http and https URLs with a host are accepted")
+            raise ItemError("invalid_url", "only http and https URLs with a host are accepted")
         if "@" in parts.netloc:
-            raise PolicyError("invalid_url", "URLs with a user name or password are not accepted")
+            raise ItemError("invalid_url", "URLs with a user name or password are not accepted")
         host = normalise_host(parts.hostname)
         if not host.isascii():
             try:
                 host = host.encode("idna").decode("ascii")
             except UnicodeError:
-                raise PolicyError("invalid_url", "the host name is not a valid domain name") from None
+                raise ItemError("invalid_url", "the host name is not a valid domain name") from None
         if not host or any(c in host for c in "%[]"):  # zone ids and stray brackets
-            raise PolicyError("invalid_url", "the host name is not a valid domain name")
+            raise ItemError("invalid_url", "the host name is not a valid domain name")
         port = DEFAULT_PORTS[parts.scheme] if port is None else port
         if port == 0:
-            raise PolicyError("invalid_url", "port 0 is not a valid port")
+            raise ItemError("invalid_url", "port 0 is not a valid port")
         if not self.allowlist.allows(host, port) and not self.allowlist.networks:
             self._check_port(port)
             self._check_name(host)
@@ -207,14 +200,14 @@ class UrlPolicy:
         self._check_name(target.host)
         if not is_public_address(ip):
             # Never name the resolved address: it would map the internal network for the caller.
-            raise PolicyError("blocked_url", "the URL points to a private, local or reserved address")
+            raise ItemError("blocked_url", "the URL points to a private, local or reserved address")
 
     def _check_port(self, port: int) -> None:
         if port not in self.allowed_ports:
             allowed = ", ".join(str(p) for p in sorted(self.allowed_ports))
-            raise PolicyError("blocked_url", f"port {port} is not allowed; allowed ports: {allowed}")
+            raise ItemError("blocked_url", f"port {port} is not allowed; allowed ports: {allowed}")
 
     @staticmethod
     def _check_name(host: str) -> None:
         if host in _BLOCKED_NAMES or host.endswith(".localhost"):
-            raise PolicyError("blocked_url", "the URL points to a private, local or reserved address")
+            raise ItemError("blocked_url", "the URL points to a private, local or reserved address")

@@ -11,13 +11,14 @@ one queue, so no core idles while another has a backlog.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+
+from ..process_local import PerProcess
 
 
 class Overloaded(RuntimeError):
@@ -47,23 +48,25 @@ class MicroBatcher:
         self.window_s = window_s
         self.runners = runners
         self.name = name
-        self._pid: int | None = None
+        # Runner threads start in the process that first submits: threads started in
+        # the Gunicorn master would not exist in the forked workers.
+        self._state = PerProcess(self._start)
 
-    def _ensure_started(self) -> None:
-        # The thread is started lazily in the process that uses it: a thread
-        # started in the Gunicorn master would not exist in the forked workers.
-        if self._pid == os.getpid():
-            return
-        with _START_LOCK:
-            if self._pid == os.getpid():
-                return
-            self._cond = threading.Condition()
-            self._jobs: deque[_Job] = deque()
-            self._queued = 0
-            self._idle = self.runners
-            for i in range(self.runners):
-                threading.Thread(target=self._loop, name=f"clip-{self.name}-{i}", daemon=True).start()
-            self._pid = os.getpid()
+    def _start(self) -> "_State":
+        state = _State(runners=self.runners)
+        for i in range(self.runners):
+            threading.Thread(target=self._loop, args=(state,), name=f"clip-{self.name}-{i}", daemon=True).start()
+        return state
+
+    @property
+    def started(self) -> bool:
+        """Whether this process's runners have started (on the first submit)."""
+        return self._state.made
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a runner in this process."""
+        return self._state.get().queued if self._state.made else 0
 
     def submit(self, payload: Any, size: int) -> Any:
         """Queue ``payload`` (``size`` items) and block until its result is ready."""
@@ -74,41 +77,41 @@ class MicroBatcher:
 
         A large request split into parts can run on several idle runners at once.
         """
-        self._ensure_started()
+        state = self._state.get()
         jobs = [_Job(payload, size) for payload, size in parts]
         total = sum(job.size for job in jobs)
-        with self._cond:
-            if self._jobs and self._queued + total > self.max_queue:
-                raise Overloaded(f"{self._queued} items already queued")
-            self._jobs.extend(jobs)
-            self._queued += total
-            self._cond.notify(len(jobs))
+        with state.cond:
+            if state.jobs and state.queued + total > self.max_queue:
+                raise Overloaded(f"{state.queued} items already queued")
+            state.jobs.extend(jobs)
+            state.queued += total
+            state.cond.notify(len(jobs))
         return [job.future.result() for job in jobs]
 
-    def _take_batch(self) -> list[_Job]:
-        with self._cond:
-            while not self._jobs:
-                self._cond.wait()
+    def _take_batch(self, state: "_State") -> list[_Job]:
+        with state.cond:
+            while not state.jobs:
+                state.cond.wait()
             if self.window_s > 0:
                 deadline = time.monotonic() + self.window_s
-                while self._queued < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                    self._cond.wait(left)
+                while state.queued < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    state.cond.wait(left)
             # Leave a fair share of the queue for the other idle runners.
-            share = max(1, -(-self._queued // max(1, self._idle)))
+            share = max(1, -(-state.queued // max(1, state.idle)))
             limit = min(self.max_batch, share)
-            batch = [self._jobs.popleft()]
+            batch = [state.jobs.popleft()]
             total = batch[0].size
-            while self._jobs and total + self._jobs[0].size <= limit:
-                job = self._jobs.popleft()
+            while state.jobs and total + state.jobs[0].size <= limit:
+                job = state.jobs.popleft()
                 batch.append(job)
                 total += job.size
-            self._queued -= total
-            self._idle -= 1
+            state.queued -= total
+            state.idle -= 1
             return batch
 
-    def _loop(self) -> None:
+    def _loop(self, state: "_State") -> None:
         while True:
-            batch = self._take_batch()
+            batch = self._take_batch(state)
             try:
                 results = self._fn([job.payload for job in batch])
             except BaseException as exc:  # every waiting caller gets the error
@@ -117,8 +120,15 @@ class MicroBatcher:
             else:
                 for job, result in zip(batch, results):
                     job.future.set_result(result)
-            with self._cond:
-                self._idle += 1
+            with state.cond:
+                state.idle += 1
 
 
-_START_LOCK = threading.Lock()
+class _State:
+    """One process's queue and the count of its idle runners."""
+
+    def __init__(self, runners: int):
+        self.cond = threading.Condition()
+        self.jobs: deque[_Job] = deque()
+        self.queued = 0
+        self.idle = runners

@@ -15,11 +15,11 @@ from typing import Callable, Sequence
 import numpy as np
 import open_clip
 import torch
-from open_clip.transformer import text_global_pool
 from PIL import Image
 
 from . import prepacked
 from .batching import MicroBatcher
+from .text_encoding import encode_text_packed, encode_text_trimmed, supports_text_packing, supports_text_trimming
 from .tokenizer import bounded
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class ClipEmbedder:
                 model_name,
                 pretrained=pretrained,
                 device=device,
-                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                force_quick_gelu=needs_quick_gelu(model_name, pretrained),
                 cache_dir=cache_dir or None,
             )
             tokenizer = bounded(open_clip.get_tokenizer(model_name))
@@ -152,11 +152,18 @@ class ClipEmbedder:
             for modality in ("text", "image")
         } if batching else {}
 
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """CLIP token ids, one row per text, truncated to the context as CLIP does."""
+        return self.tokenizer(list(texts))
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Return one L2-normalised float32 row per text."""
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        tokens = self.tokenizer(list(texts))
+        return self.embed_tokens(self.tokenize(texts)) if texts else self._empty()
+
+    def embed_tokens(self, tokens: torch.Tensor) -> np.ndarray:
+        """Return one L2-normalised float32 row per row of token ids (from ``tokenize``)."""
+        if not len(tokens):
+            return self._empty()
         if len(tokens) < 2:
             return self._run("text", tokens)
         # Sort by length so each forward pass (and each runner's share of a
@@ -167,12 +174,22 @@ class ClipEmbedder:
         restored[order.numpy()] = vectors
         return restored
 
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        """The model's input for one RGB image (resize, crop, normalise); thread-safe."""
+        return self.preprocess(image)
+
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Return one L2-normalised float32 row per RGB image."""
         if not images:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        # Preprocessing runs in the caller's thread, overlapping other requests' forward passes.
-        return self._run("image", torch.stack([self.preprocess(img) for img in images]))
+            return self._empty()
+        return self.embed_pixels(torch.stack([self.preprocess(img) for img in images]))
+
+    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Return one L2-normalised float32 row per preprocessed image (from ``preprocess_image``)."""
+        return self._run("image", pixels) if len(pixels) else self._empty()
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, self.dimensions), dtype=np.float32)
 
     def _run(self, modality: str, inputs: torch.Tensor) -> np.ndarray:
         batcher = self._batchers.get(modality)
@@ -238,98 +255,6 @@ class ClipEmbedder:
             texts = self._encode_tokens(tokens).float().cpu().numpy()
             images = self._encode_pixels(pixels).float().cpu().numpy()
         return texts, images
-
-
-def supports_text_trimming(model) -> bool:
-    """True for open_clip's standard CLIP text tower: causal mask, pooled at the EOT token."""
-    return (type(model) is open_clip.CLIP and getattr(model, "attn_mask", None) is not None
-            and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
-
-
-def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's ``CLIP.encode_text(tokens, normalize=True)``, run only up to the longest real text.
-
-    The text transformer is causal, so the padding after a text's EOT token
-    never influences the EOT position that is pooled: dropping the padding
-    columns common to the whole batch gives the same vectors (to ~1e-7) for
-    a fraction of the work (short texts use ~10 of the 77 positions).
-    """
-    if model.text_pool_type == "argmax":
-        last = tokens.argmax(dim=-1)  # EOT has the highest token id
-    else:
-        last = (tokens == model.text_eos_id).int().argmax(dim=-1)
-    length = int(last.max()) + 1
-    tokens = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) \
-            else x @ model.text_projection
-    return torch.nn.functional.normalize(x, dim=-1)
-
-
-def supports_text_packing(model) -> bool:
-    """Packing needs argmax (EOT) pooling and open_clip's own attention blocks."""
-    return (supports_text_trimming(model) and model.text_pool_type == "argmax"
-            and all(isinstance(getattr(block, "attn", None),
-                               (torch.nn.MultiheadAttention, prepacked.PrepackedSelfAttention))
-                    for block in model.transformer.resblocks))
-
-
-def encode_text_packed(model, tokens: torch.Tensor) -> torch.Tensor:
-    """open_clip's ``CLIP.encode_text(tokens, normalize=True)`` with no padding work at all.
-
-    Trimming still pads every text to the batch's longest; here the texts are
-    laid end to end in a few rows (first-fit, longest first) of twice the
-    longest text, each attending only to itself under a block-diagonal causal
-    mask and using its own positions 0..n. Same vectors (~1e-7), and for texts
-    of mixed lengths ~1.5x the throughput of trimming.
-    """
-    lengths = (tokens.argmax(dim=-1) + 1).tolist()  # through the EOT token (the highest id)
-    capacity = 2 * max(lengths)
-    rows: list[list[int]] = []
-    used: list[int] = []
-    slot: list[tuple[int, int]] = [(0, 0)] * len(lengths)
-    for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
-        row = next((r for r, u in enumerate(used) if u + lengths[i] <= capacity), None)
-        if row is None:
-            row = len(rows)
-            rows.append([])
-            used.append(0)
-        rows[row].append(i)
-        slot[i] = (row, used[row] + lengths[i] - 1)  # where its EOT lands
-        used[row] += lengths[i]
-    ids = torch.zeros((len(rows), capacity), dtype=tokens.dtype)
-    positions = torch.zeros((len(rows), capacity), dtype=torch.long)
-    owner = torch.full((len(rows), capacity), -1, dtype=torch.long)
-    for r, members in enumerate(rows):
-        start = 0
-        for i in members:
-            n = lengths[i]
-            ids[r, start:start + n] = tokens[i, :n]
-            positions[r, start:start + n] = torch.arange(n)
-            owner[r, start:start + n] = i
-            start += n
-    col = torch.arange(capacity)
-    allowed = (owner[:, :, None] == owner[:, None, :]) & (col[None, None, :] <= col[None, :, None])
-    # Padding attends to itself, so no softmax row is all -inf (NaN would leak through 0 * NaN).
-    allowed |= torch.eye(capacity, dtype=torch.bool)[None]
-    cast_dtype = model.transformer.get_cast_dtype()
-    mask = torch.zeros(allowed.shape, dtype=cast_dtype).masked_fill_(~allowed, float("-inf"))
-    mask = mask.repeat_interleave(model.transformer.resblocks[0].attn.num_heads, dim=0)
-    x = model.token_embedding(ids.to(model.token_embedding.weight.device)).to(cast_dtype)
-    x = x + model.positional_embedding.to(cast_dtype)[positions.to(x.device)]
-    x = model.transformer(x, attn_mask=mask.to(x.device))
-    x = model.ln_final(x)
-    x = x[torch.tensor([r for r, _ in slot]), torch.tensor([c for _, c in slot])]
-    if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) \
-            else x @ model.text_projection
-    return torch.nn.functional.normalize(x, dim=-1)
 
 
 def _embed_dim(model) -> int:

@@ -73,3 +73,15 @@ class BoundedTokenizer:
         if len(inner.cache) > MAX_CACHED_WORDS:
             inner.cache = dict(self._fresh_cache)
         return result
+
+
+def token_count(tokens: torch.Tensor) -> int:
+    """CLIP tokens in ``tokens`` (rows from a tokenizer) as the model sees them: start and end tokens included.
+
+    Padding (id 0) only follows the end token, so a text's length is the
+    position of its last non-zero id plus one (0 is also a rare real token).
+    """
+    if not len(tokens):
+        return 0
+    positions = torch.arange(1, tokens.shape[1] + 1)
+    return int(((tokens != 0) * positions).max(dim=1).values.sum())

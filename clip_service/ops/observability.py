@@ -76,11 +76,10 @@ def init_app(app: Flask) -> None:
     app.before_request(_begin)
     app.after_request(_finish)
     app.teardown_request(_teardown)
-    fetcher = app.extensions.get("clip_fetcher")
-    if fetcher is not None:
-        fetcher.on_fetched = record_fetched
-    embedder = app.extensions.get("clip_embedder")
-    if embedder is not None:
-        embedder.on_batch = record_batch
-        if embedder.load_seconds is not None:
-            metrics.MODEL_LOAD_SECONDS.set(embedder.load_seconds)
+    pipeline = app.extensions["clip_pipeline"]
+    pipeline.on_embedded = record_embedded
+    pipeline.on_failures = record_item_failures
+    pipeline.fetcher.on_fetched = record_fetched
+    pipeline.embedder.on_batch = record_batch
+    if pipeline.embedder.load_seconds is not None:
+        metrics.MODEL_LOAD_SECONDS.set(pipeline.embedder.load_seconds)

@@ -1,27 +1,49 @@
-"""Readiness: a tiny real inference, cached for a few seconds so probes stay cheap."""
+"""What the health probes report for this worker: the model, its warm-up, and a tiny real inference."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
+log = logging.getLogger(__name__)
 
-class ReadinessCheck:
-    """Answer "can this process embed right now?" at most once every ``ttl`` seconds."""
+
+class Readiness:
+    """Whether this worker can embed: its warm-up passed, and a tiny real inference (at most once per ``ttl`` s)."""
 
     def __init__(self, embedder, *, ttl: float, timeout: float, clock=time.monotonic):
-        self._embedder = embedder
+        self.embedder = embedder
         self._ttl = ttl
         self._timeout = timeout
         self._clock = clock
         self._lock = threading.Lock()
         self._checked_at: float | None = None
         self._ready = False
+        self.warm_up_failed = False
+
+    @property
+    def model_loaded(self) -> bool:
+        return self.embedder is not None
+
+    def warm_up(self) -> None:
+        """Run the model once before the first request; a failure is reported by /health, not raised."""
+        try:
+            self.embedder.warm_up()
+        except Exception:
+            self.warm_up_failed = True
+            log.exception("warm-up failed: this worker reports unhealthy")
+
+    def healthy(self) -> bool:
+        """Cheap: loaded, warmed up, and the last readiness inference (if any) did not fail."""
+        return self.model_loaded and not self.warm_up_failed and (self._checked_at is None or self._ready)
 
     def __call__(self) -> bool:
+        """Ready: a tiny real inference succeeded within the last ``ttl`` seconds."""
         with self._lock:  # concurrent probes share one inference
             now = self._clock()
             if self._checked_at is None or now - self._checked_at >= self._ttl:
-                self._ready = self._embedder is not None and self._embedder.probe(self._timeout)
+                self._ready = (self.model_loaded and not self.warm_up_failed
+                               and self.embedder.probe(self._timeout))
                 self._checked_at = self._clock()
             return self._ready

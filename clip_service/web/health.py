@@ -5,31 +5,37 @@ from __future__ import annotations
 from flask import current_app
 from flask_smorest import Blueprint
 
+from ..ops.readiness import Readiness
 from .jsonio import json_response
 from .schemas import HealthSchema
 
 bp = Blueprint("health", __name__, description="Is the model loaded and serving?")
 
 
-def _answer(ok: bool, body: dict):
-    return json_response(body, status=200 if ok else 503)
+def _readiness() -> Readiness:
+    return current_app.extensions["clip_readiness"]
+
+
+def _answer(ok: bool, status: str, readiness: Readiness):
+    return json_response({"status": status, "model_loaded": readiness.model_loaded}, status=200 if ok else 503)
 
 
 @bp.route("/health", methods=["GET"])
 @bp.response(200, HealthSchema)
-@bp.alt_response(503, schema=HealthSchema, description="The model is not usable.")
+@bp.alt_response(503, schema=HealthSchema, description="No model, its warm-up failed, or the last readiness "
+                                                       "inference failed.")
 def health():
-    """Report whether the model is loaded (cheap; use for the startup probe)."""
-    loaded = current_app.extensions.get("clip_embedder") is not None
-    return _answer(loaded, {"status": "healthy" if loaded else "unhealthy", "model_loaded": loaded})
+    """Report whether this worker can serve (cheap: no inference; use /health/ready for the startup probe)."""
+    readiness = _readiness()
+    ok = readiness.healthy()
+    return _answer(ok, "healthy" if ok else "unhealthy", readiness)
 
 
 @bp.route("/health/live", methods=["GET"])
 @bp.response(200, HealthSchema)
 def live():
     """Liveness: the process answers HTTP (no model work)."""
-    loaded = current_app.extensions.get("clip_embedder") is not None
-    return _answer(True, {"status": "alive", "model_loaded": loaded})
+    return _answer(True, "alive", _readiness())
 
 
 @bp.route("/health/ready", methods=["GET"])
@@ -37,6 +43,6 @@ def live():
 @bp.alt_response(503, schema=HealthSchema, description="Inference failed or the model is wedged.")
 def ready():
     """Readiness: a tiny real inference succeeded within the last few seconds."""
-    ok = current_app.extensions["clip_readiness"]()
-    loaded = current_app.extensions.get("clip_embedder") is not None
-    return _answer(ok, {"status": "ready" if ok else "unready", "model_loaded": loaded})
+    readiness = _readiness()
+    ok = readiness()
+    return _answer(ok, "ready" if ok else "unready", readiness)

@@ -1,4 +1,4 @@
-"""The OpenAPI document (/openapi.json) and its interactive page (/docs), from flask-smorest."""
+"""The OpenAPI document (/openapi.json) and its interactive page (/docs): all of the plumbing, in one place."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from ..config import Settings
-from .schemas import ErrorEnvelopeSchema, LimitedList, LimitedString
+from .schemas import ErrorEnvelopeSchema
 
 # Swagger UI's scripts come from this CDN in the reader's browser; the service serves only the page.
 SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
@@ -25,9 +25,9 @@ class ServiceApi(Api):
 class SchemaPlugin(MarshmallowPlugin):
     """apispec's marshmallow plugin, plus what only the running service knows.
 
-    Limits from ``settings`` become maxItems and maxLength on the fields that
-    enforce them, and a schema's ``OPENAPI`` dict (rules across fields) is
-    merged into its definition.
+    A field with an ``openapi(settings)`` method (the limits that come from
+    settings) adds what it returns to its definition, and a schema's
+    ``OPENAPI`` dict (rules across fields) is merged into its definition.
     """
 
     def __init__(self, settings: Settings):
@@ -39,11 +39,8 @@ class SchemaPlugin(MarshmallowPlugin):
         settings = self.settings
 
         def setting_limits(converter, field, **kwargs) -> dict:
-            if isinstance(field, LimitedList):
-                return {"maxItems": getattr(settings, field.max_items)}
-            if isinstance(field, LimitedString):
-                return {"maxLength": getattr(settings, field.max_chars)}
-            return {}
+            openapi = getattr(field, "openapi", None)
+            return openapi(settings) if callable(openapi) else {}
 
         self.converter.add_attribute_function(setting_limits)
 
@@ -57,7 +54,7 @@ class SchemaPlugin(MarshmallowPlugin):
 
 def create_api(app: Flask, settings: Settings) -> Api:
     """Attach the API documentation to ``app``, with ``settings``' limits; register blueprints on it next."""
-    for key, value in {
+    app.config.update({
         "API_TITLE": "clip-service",
         "API_VERSION": "1.0",
         "OPENAPI_VERSION": "3.0.3",
@@ -70,6 +67,11 @@ def create_api(app: Flask, settings: Settings) -> Api:
             f"{settings.max_body_bytes} bytes (CLIP_MAX_BODY_BYTES; 413 above). Texts longer than the "
             "model's context (77 tokens) are truncated as CLIP does. Every error answers with the "
             "envelope {code, status, message, errors}.")}},
-    }.items():
-        app.config.setdefault(key, value)
+    })
     return ServiceApi(app, spec_kwargs={"marshmallow_plugin": SchemaPlugin(settings)})
+
+
+def add_error_response(api: Api, name: str, schema, description: str) -> None:
+    """Add a reusable error response (``#/components/responses/<name>``) for views to reference."""
+    api.spec.components.response(name, {"description": description,
+                                         "content": {"application/json": {"schema": schema}}})

@@ -10,15 +10,11 @@ walk every float).
 
 from __future__ import annotations
 
-from flask import current_app
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from ..config import Settings
 from ..images.sources import is_data_uri
-
-
-def _settings() -> Settings:
-    return current_app.config["CLIP"]
+from ..pipeline import ItemFailure
+from .current import settings as _settings
 
 
 class LimitedList(fields.List):
@@ -31,6 +27,10 @@ class LimitedList(fields.List):
     def __init__(self, inner, *, max_items: str, **kwargs):
         super().__init__(inner, **kwargs)
         self.max_items = max_items
+
+    def openapi(self, settings) -> dict:
+        """The limit in force, for the OpenAPI document."""
+        return {"maxItems": getattr(settings, self.max_items)}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, list):
@@ -46,6 +46,10 @@ class LimitedString(fields.String):
     def __init__(self, *, max_chars: str, **kwargs):
         super().__init__(**kwargs)
         self.max_chars = max_chars
+
+    def openapi(self, settings) -> dict:
+        """The limit in force, for the OpenAPI document."""
+        return {"maxLength": getattr(settings, self.max_chars)}
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
@@ -120,10 +124,21 @@ class MixedEmbedRequestSchema(_RequestSchema):
 
 
 class ItemErrorSchema(Schema):
-    index = fields.Integer(required=True, metadata={"description": "Position of the URL in the request."})
-    url = fields.String(required=True)
-    code = fields.String(required=True, metadata={"description": "Machine-readable reason."})
-    message = fields.String(required=True)
+    index = fields.Integer(required=True, metadata={"description": "Position of the image in the request."})
+    url = fields.String(required=True, metadata={
+        "description": "The URL; for a data URI only its header (data:image/png;base64,...); for an uploaded "
+                       "file upload:<index>."})
+    code = fields.String(required=True, metadata={
+        "description": "Machine-readable reason: invalid_url, blocked_url, fetch_failed, fetch_timeout, "
+                       "upstream_status, too_many_redirects, too_large, not_an_image, unsupported_format or "
+                       "decode_failed."})
+    message = fields.String(required=True, metadata={"description": "What went wrong, for a person."})
+
+
+def item_errors(failures: list[ItemFailure]) -> list[dict]:
+    """The ``errors`` entries of an answer, in the shape of ItemErrorSchema."""
+    return [{"index": f.index, "url": f.source, "code": f.error.code, "message": f.error.message}
+            for f in failures]
 
 
 class _ModelInfoSchema(Schema):
@@ -152,8 +167,9 @@ class MixedEmbeddingsSchema(_ModelInfoSchema):
 
 
 class HealthSchema(Schema):
-    status = fields.String(required=True, metadata={"description": "healthy or unhealthy"})
-    model_loaded = fields.Boolean(required=True)
+    status = fields.String(required=True, metadata={
+        "description": "/health: healthy or unhealthy; /health/live: alive; /health/ready: ready or unready."})
+    model_loaded = fields.Boolean(required=True, metadata={"description": "Whether this worker holds the model."})
 
 
 class ErrorEnvelopeSchema(Schema):

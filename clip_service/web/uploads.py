@@ -1,45 +1,38 @@
-"""multipart/form-data uploads to POST /embed/image: each ``images`` part is an image, in the order sent."""
+"""multipart/form-data bodies for POST /embed/image: each ``images`` part is an image, in the order sent."""
 
 from __future__ import annotations
 
 import functools
-import logging
 
-from flask import current_app, request
+from flask import request
 from flask_smorest import Blueprint, abort
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
-from ..images.decoding import ImageDecodeError
-from ..images.fetcher import FetchError
-from ..images.sources import LocalImages
+from ..pipeline import Upload
 from .schemas import LimitedList
 
-log = logging.getLogger(__name__)
+_INVALID = "the request is not valid; see errors"
 
 
 class UploadFormSchema(Schema):
-    """The multipart body, for the OpenAPI document (files are read by hand: they are not JSON)."""
+    """The multipart body: validated like a JSON body, and documented in the OpenAPI document."""
 
     images = LimitedList(
         fields.Raw(metadata={"type": "string", "format": "binary"}), max_items="max_urls", required=True,
-        validate=validate.Length(min=1),
+        validate=validate.Length(min=1, error="Send at least one file."),
+        error_messages={"required": "Send at least one file."},
         metadata={"description": "Image files (JPEG, PNG, WebP, GIF or BMP), in order, each a part named "
                                  "images; errors name a file upload:<index>."})
 
 
-def upload_label(index: int) -> str:
-    # Not the client's file name: it may hold anything, and the index already identifies the file.
-    return f"upload:{index}"
-
-
 def takes_uploads(handler):
-    """Send multipart/form-data requests to ``handler``; any other body goes on to the decorated view."""
+    """Send multipart/form-data requests to ``handler(uploads)``; any other body goes on to the decorated view."""
 
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
             if request.mimetype == "multipart/form-data":
-                return handler()
+                return handler(_uploads())
             return view(*args, **kwargs)
 
         return Blueprint.doc(requestBody={"content": {"multipart/form-data": {"schema": UploadFormSchema}}})(wrapper)
@@ -47,24 +40,15 @@ def takes_uploads(handler):
     return decorator
 
 
-def read_uploads() -> tuple[list[str], list]:
-    """The uploaded files' labels and, for each, an RGB image or a FetchError (the fetcher's limits apply)."""
-    files = request.files.getlist("images")  # parses the body: 413 past CLIP_MAX_BODY_BYTES
-    if request.form or set(request.files) - {"images"}:
-        abort(422, message="the request is not valid; see errors",
+def _uploads() -> list[Upload]:
+    """The request's files as pipeline sources, after the form's schema has accepted them."""
+    files = request.files  # parses the body: 413 past CLIP_MAX_BODY_BYTES
+    if request.form or set(files) - {"images"}:
+        # Refused here, not by marshmallow, whose error would echo each unknown name back.
+        abort(422, message=_INVALID,
               errors={"_schema": ["Unknown field; send only file parts named images (curl -F images=@cat.jpg)."]})
-    if not files:
-        abort(422, message="the request is not valid; see errors", errors={"images": ["Send at least one file."]})
-    limit = current_app.config["CLIP"].max_urls
-    if len(files) > limit:
-        abort(422, message="the request is not valid; see errors",
-              errors={"images": [f"At most {limit} items per request."]})
-    local: LocalImages = current_app.extensions["clip_local_images"]
-    images: list = []
-    for index, upload in enumerate(files):
-        try:
-            images.append(local.from_upload(upload.stream))
-        except ImageDecodeError as exc:
-            log.warning("uploaded image failed: code=%s index=%d", exc.code, index)
-            images.append(FetchError(exc.code, exc.message))
-    return [upload_label(i) for i in range(len(files))], images
+    try:
+        form = UploadFormSchema().load({"images": files.getlist("images")} if "images" in files else {})
+    except ValidationError as exc:
+        abort(422, message=_INVALID, errors=exc.messages)
+    return [Upload(part.stream) for part in form["images"]]

@@ -7,19 +7,15 @@ limits are the service's own, from settings, as on /embed/*.
 
 from __future__ import annotations
 
-from flask import current_app
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from ...config import Settings
 from ...images.sources import is_data_uri, is_image_data_uri
+from ..current import settings as _settings
 from ..schemas import _RequestSchema
 
 MODALITIES = ("text", "image")
 ENCODING_FORMATS = ("float", "base64")
-
-
-def _settings() -> Settings:
-    return current_app.config["CLIP"]
 
 
 def is_image_input(value: str, modality: str | None) -> bool:

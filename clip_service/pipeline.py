@@ -1,0 +1,139 @@
+"""The one embedding pipeline under every endpoint: sources -> fetch -> embed -> slots and per-item errors.
+
+Framework-free (no Flask, no request): views validate, call one method here,
+and shape the answer. An image source is an http(s) URL, a ``data:`` URI or an
+``Upload``; each is fetched or read, decoded and preprocessed in a download
+thread (so a full-size image never outlives its preprocessing), and the good
+ones go through the model together. A failed image is an ``ItemFailure`` in
+the result, never an exception.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .images.errors import ItemError
+from .images.fetcher import ImageFetcher
+from .images.sources import describe
+from .model.embedder import ClipEmbedder
+from .model.tokenizer import token_count
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An image file sent in the request body."""
+
+    stream: BinaryIO
+
+
+ImageSource = str | Upload
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """One image that gave no vector: its position, what to call it, and why."""
+
+    index: int
+    source: str  # the URL, a data URI's header only, or upload:<index>
+    error: ItemError
+
+
+@dataclass
+class TextVectors:
+    vectors: np.ndarray  # one unit row per text, in order
+    tokens: int  # CLIP tokens the model saw, start and end tokens included
+
+
+@dataclass
+class ImageVectors:
+    vectors: list[np.ndarray | None]  # one per source, in order; None where it failed
+    failures: list[ItemFailure] = field(default_factory=list)
+
+    @property
+    def slots(self) -> list:
+        """The vectors with [] in a failed image's slot, as every image answer has them."""
+        return [[] if v is None else v for v in self.vectors]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model: str
+    pretrained: str
+    dimensions: int
+
+
+class EmbeddingPipeline:
+    """Texts and image sources in, unit vectors and per-item errors out."""
+
+    def __init__(self, embedder: ClipEmbedder, fetcher: ImageFetcher):
+        self.embedder = embedder
+        self.fetcher = fetcher
+        # Called as on_embedded(modality, count) and on_failures(codes) after each
+        # call; the web layer hangs its metrics and request log here.
+        self.on_embedded: Callable[[str, int], None] | None = None
+        self.on_failures: Callable[[Iterable[str]], None] | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.embedder.model_name, self.embedder.pretrained_label, self.embedder.dimensions)
+
+    def embed_texts(self, texts: Sequence[str]) -> TextVectors:
+        """Embed ``texts`` in order (truncated to the model's context as CLIP does)."""
+        if not texts:
+            return TextVectors(np.zeros((0, self.embedder.dimensions), dtype=np.float32), 0)
+        tokens = self.embedder.tokenize(texts)
+        result = TextVectors(self.embedder.embed_tokens(tokens), token_count(tokens))
+        self._embedded("text", len(texts))
+        return result
+
+    def embed_images(self, sources: Sequence[ImageSource], *, all_or_none: bool = False) -> ImageVectors:
+        """Fetch and embed ``sources`` as one batch; a failed source's slot is None, with an ItemFailure.
+
+        With ``all_or_none`` (for APIs that cannot answer in part) nothing is
+        embedded once any source has failed.
+        """
+        fetched = self.fetcher.fetch_all([s.stream if isinstance(s, Upload) else s for s in sources],
+                                         self._model_input)
+        good = [i for i, item in enumerate(fetched) if not isinstance(item, ItemError)]
+        if all_or_none and len(good) < len(sources):
+            good = []
+        vectors: list[np.ndarray | None] = [None] * len(sources)
+        if good:
+            for i, vector in zip(good, self.embedder.embed_pixels(torch.stack([fetched[i] for i in good]))):
+                vectors[i] = vector
+        self._embedded("image", len(good))
+        failures = [ItemFailure(i, _name(source, i), item)
+                    for i, (source, item) in enumerate(zip(sources, fetched)) if isinstance(item, ItemError)]
+        if failures and self.on_failures is not None:
+            self.on_failures(f.error.code for f in failures)
+        return ImageVectors(vectors, failures)
+
+    def embed_mixed(self, texts: Sequence[str], sources: Sequence[ImageSource], *,
+                    all_or_none: bool = False) -> tuple[TextVectors, ImageVectors]:
+        """Embed texts and images of one request; the texts go through the model while the images download."""
+        if not texts or not sources:
+            return self.embed_texts(texts), self.embed_images(sources, all_or_none=all_or_none)
+        with ThreadPoolExecutor(1, thread_name_prefix="mixed-texts") as pool:
+            text_job = pool.submit(contextvars.copy_context().run, self.embed_texts, texts)
+            images = self.embed_images(sources, all_or_none=all_or_none)
+            return text_job.result(), images
+
+    def _model_input(self, data: bytes) -> torch.Tensor:
+        # Runs in the download thread: the decoded image is dropped as soon as
+        # it is preprocessed, so only the model-sized tensor waits for the batch.
+        return self.embedder.preprocess_image(self.fetcher.decode(data))
+
+    def _embedded(self, modality: str, count: int) -> None:
+        if self.on_embedded is not None:
+            self.on_embedded(modality, count)
+
+
+def _name(source: ImageSource, index: int) -> str:
+    # Not an upload's file name: it may hold anything, and the index already identifies it.
+    return f"upload:{index}" if isinstance(source, Upload) else describe(source)

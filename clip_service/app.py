@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from flask import Flask
 
 from .config import Settings
-from .images.fetcher import ImageFetcher
+from .images.fetcher import FetchLimits, ImageFetcher
 from .model.embedder import ClipEmbedder
 from .ops import observability
 from .ops.logs import configure_logging
@@ -65,20 +66,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
 
 
 def _fetcher(settings: Settings, embedder: ClipEmbedder) -> ImageFetcher:
-    return ImageFetcher(
-        connect_timeout=settings.fetch_connect_timeout,
-        read_timeout=settings.fetch_read_timeout,
-        max_bytes=settings.fetch_max_bytes,
-        max_pixels=settings.max_image_pixels,
-        concurrency=settings.fetch_concurrency,
-        user_agent=settings.fetch_user_agent,
-        total_timeout=settings.fetch_total_timeout,
-        request_timeout=settings.fetch_request_timeout,
-        max_redirects=settings.fetch_max_redirects,
-        worker_concurrency=settings.fetch_worker_concurrency,
-        allowed_ports=settings.fetch_ports,
-        allow=settings.fetch_allow,
-        max_url_chars=settings.max_url_chars,
-        # Decode big JPEGs at a reduced scale that still covers the model's input.
-        draft_size=embedder.input_size if settings.jpeg_draft else None,
-    )
+    # Each limit is the setting of the same name, with or without the fetch_ prefix.
+    names = {f.name: f"fetch_{f.name}" if hasattr(settings, f"fetch_{f.name}") else f.name
+             for f in dataclasses.fields(FetchLimits)}
+    limits = FetchLimits(**{name: getattr(settings, setting) for name, setting in names.items()})
+    return ImageFetcher(limits, draft_size=embedder.input_size if settings.jpeg_draft else None)

@@ -67,7 +67,7 @@ def make_fetcher(server: ImageServer, canary=None, **overrides) -> ImageFetcher:
     """A fetcher that may reach exactly ``server``; the canary's port is an allowed port, not allowlisted."""
     options = dict(connect_timeout=1.0, read_timeout=2.0, total_timeout=5.0, request_timeout=10.0,
                    allow=f"{server.host}:{server.port}",
-                   allowed_ports=[80, 443] + ([canary.port] if canary else []))
+                   ports=[80, 443] + ([canary.port] if canary else []))
     options.update(overrides)
     return ImageFetcher(**options)
 
@@ -373,7 +373,7 @@ def test_redirect_targets_pass_the_same_checks(location, code, server, connectio
 ], ids=["png-as-html", "html-as-jpeg", "tiff", "truncated-png", "pixel-bomb"])
 def test_content_is_judged_by_its_bytes(body, content_type, code, server):
     server.routes["/x"] = fault.serve(body, content_type)
-    result = fetch_one(make_fetcher(server, max_pixels=10_000_000), server.url("/x"))
+    result = fetch_one(make_fetcher(server, max_image_pixels=10_000_000), server.url("/x"))
     assert code_of(result) == code
     if code != "ok":
         assert "SECRET" not in result.message
@@ -382,7 +382,7 @@ def test_content_is_judged_by_its_bytes(body, content_type, code, server):
 def test_pillows_decompression_bomb_warning_is_an_error(server):
     # 100 M pixels is under our (raised) limit but over Pillow's warning threshold.
     server.routes["/bomb.png"] = fault.serve(fault.png_header_bomb(10_000, 10_000), "image/png")
-    result = fetch_one(make_fetcher(server, max_pixels=10 ** 12), server.url("/bomb.png"))
+    result = fetch_one(make_fetcher(server, max_image_pixels=10 ** 12), server.url("/bomb.png"))
     assert code_of(result) == "too_large"
 
 

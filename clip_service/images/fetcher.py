@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable, Sequence, TypeVar
 from urllib.parse import urljoin, urlsplit
 
@@ -49,35 +50,43 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+@dataclass(frozen=True)
+class FetchLimits:
+    """What one request's images may cost; each field is the setting CLIP_FETCH_<NAME> (or CLIP_<NAME>)."""
+
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+    total_timeout: float = 20.0  # one image, connect to last byte, redirects included
+    request_timeout: float = 30.0  # all the images of one request
+    max_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    concurrency: int = 8  # per request
+    worker_concurrency: int = 16  # per process, all requests together
+    max_redirects: int = 3
+    user_agent: str = "clip-service"
+    ports: str | Sequence[int] = (80, 443)
+    allow: str | Allowlist = ""
+    max_url_chars: int = 2048
+
+
 class ImageFetcher:
     """Fetch the images of one request, concurrently and with bounded cost."""
 
-    def __init__(self, *, connect_timeout: float = 3.0, read_timeout: float = 10.0,
-                 total_timeout: float = 20.0, request_timeout: float = 30.0,
-                 max_bytes: int = 20 * 1024 * 1024, max_pixels: int = 50_000_000,
-                 concurrency: int = 8, worker_concurrency: int = 16, max_redirects: int = 3,
-                 user_agent: str = "clip-service", draft_size: int | None = None,
-                 allowed_ports: str | Sequence[int] = (80, 443), allow: str | Allowlist = "",
-                 max_url_chars: int = 2048, resolver: Resolver | None = None,
-                 ca_certs: str | None = None):
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.total_timeout = total_timeout
-        self.request_timeout = request_timeout
-        self.max_bytes = max_bytes
-        self.max_pixels = max_pixels
-        self.concurrency = concurrency
-        self.worker_concurrency = worker_concurrency
-        self.max_redirects = max_redirects
+    def __init__(self, limits: FetchLimits | None = None, *, draft_size: int | None = None,
+                 resolver: Resolver | None = None, ca_certs: str | None = None, **overrides):
+        # Keyword overrides of single limits keep tests and one-off callers short.
+        self.limits = limits = replace(limits or FetchLimits(), **overrides)
+        # Decode big JPEGs at a reduced scale that still covers this side (the model's input).
         self.draft_size = draft_size
-        self.headers = {"User-Agent": user_agent, "Accept": "image/*", "Accept-Encoding": "identity"}
-        ports = parse_ports(allowed_ports) if isinstance(allowed_ports, str) else frozenset(allowed_ports)
-        allowlist = Allowlist.parse(allow) if isinstance(allow, str) else allow
-        self.policy = UrlPolicy(allowed_ports=ports, allowlist=allowlist, max_url_chars=max_url_chars)
+        self.headers = {"User-Agent": limits.user_agent, "Accept": "image/*", "Accept-Encoding": "identity"}
+        self.policy = UrlPolicy(
+            allowed_ports=parse_ports(limits.ports) if isinstance(limits.ports, str) else frozenset(limits.ports),
+            allowlist=Allowlist.parse(limits.allow) if isinstance(limits.allow, str) else limits.allow,
+            max_url_chars=limits.max_url_chars)
         self.resolver = resolver or system_resolver
         self._tls = http.tls_context(ca_certs)
         # Per-worker bound on downloads in flight across all requests.
-        self._slots = PerProcess(lambda: threading.BoundedSemaphore(self.worker_concurrency))
+        self._slots = PerProcess(lambda: threading.BoundedSemaphore(limits.worker_concurrency))
         # Called as on_fetched(bytes, seconds) for each image downloaded and handled;
         # the web layer hangs its metrics here.
         self.on_fetched: Callable[[int, float], None] | None = None
@@ -86,7 +95,7 @@ class ImageFetcher:
 
     def decode(self, data: bytes) -> Image.Image:
         """Decode image bytes with this fetcher's limits (pixels, formats, JPEG draft size)."""
-        return decode_image(data, max_pixels=self.max_pixels, draft_size=self.draft_size)
+        return decode_image(data, max_pixels=self.limits.max_image_pixels, draft_size=self.draft_size)
 
     def fetch_images(self, sources: Sequence[Source]) -> list[Image.Image | ItemError]:
         """Return, in order, an RGB image or an ItemError for each source."""
@@ -102,8 +111,8 @@ class ImageFetcher:
         unique = dict(zip(keys, sources))
         if not unique:
             return []
-        request_deadline = time.monotonic() + self.request_timeout
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(unique)), thread_name_prefix="fetch")
+        request_deadline = time.monotonic() + self.limits.request_timeout
+        pool = ThreadPoolExecutor(max_workers=min(self.limits.concurrency, len(unique)), thread_name_prefix="fetch")
         try:
             # Each item runs in a copy of the caller's context, so its log lines
             # carry the request id the web layer keeps in a context variable.
@@ -121,7 +130,7 @@ class ImageFetcher:
                 results[key] = future.result()
             else:
                 results[key] = ItemError(
-                    "fetch_timeout", f"the images of this request took longer than {self.request_timeout:g} s")
+                    "fetch_timeout", f"the images of this request took longer than {self.limits.request_timeout:g} s")
                 log.warning("image fetch failed: code=fetch_timeout host=%s", _host(unique[key]))
         return [results[key] for key in keys]
 
@@ -133,10 +142,10 @@ class ImageFetcher:
             if isinstance(source, ItemError):
                 raise source
             if not isinstance(source, str):  # an uploaded file
-                return then(read_upload(source, self.max_bytes))
+                return then(read_upload(source, self.limits.max_bytes))
             if is_data_uri(source):  # the image is in the request: never a network request
-                return then(data_uri_bytes(source, self.max_bytes))
-            data = self._download_with_slot(source, min(started + self.total_timeout, request_deadline))
+                return then(data_uri_bytes(source, self.limits.max_bytes))
+            data = self._download_with_slot(source, min(started + self.limits.total_timeout, request_deadline))
             result = then(data)
             if self.on_fetched is not None:
                 self.on_fetched(len(data), time.monotonic() - started)
@@ -161,13 +170,13 @@ class ImageFetcher:
         except ItemError as exc:
             if exc.code in ("fetch_failed", "fetch_timeout") and time.monotonic() >= deadline:
                 raise ItemError("fetch_timeout",
-                                f"the image took longer than {self.total_timeout:g} s to download") from None
+                                f"the image took longer than {self.limits.total_timeout:g} s to download") from None
             raise
         finally:
             slots.release()
 
     def _download(self, url: str) -> bytes:
-        for hop in range(self.max_redirects + 1):
+        for hop in range(self.limits.max_redirects + 1):
             try:
                 target = self.policy.check_url(url)
                 addresses = self._resolve(target)
@@ -175,10 +184,10 @@ class ImageFetcher:
                 if hop and exc.code in ("invalid_url", "blocked_url"):
                     raise ItemError(exc.code, f"a redirect led to a URL that is refused: {exc.message}") from None
                 raise
-            conn = http.connect(target, addresses, connect_timeout=self.connect_timeout,
-                                read_timeout=self.read_timeout, tls=self._tls)
+            conn = http.connect(target, addresses, connect_timeout=self.limits.connect_timeout,
+                                read_timeout=self.limits.read_timeout, tls=self._tls)
             try:
-                response = http.get(conn, target, self.headers, self.read_timeout)
+                response = http.get(conn, target, self.headers, self.limits.read_timeout)
                 if response.status in _REDIRECTS:
                     location = response.headers.get("Location")
                     if not location:
@@ -187,10 +196,10 @@ class ImageFetcher:
                     continue
                 if response.status != 200:
                     raise ItemError("upstream_status", f"the image host answered HTTP {response.status}")
-                return http.read_body(response, self.max_bytes)
+                return http.read_body(response, self.limits.max_bytes)
             finally:
                 conn.close()
-        raise ItemError("too_many_redirects", f"more than {self.max_redirects} redirects")
+        raise ItemError("too_many_redirects", f"more than {self.limits.max_redirects} redirects")
 
     def _resolve(self, target: Target) -> list[IPAddress]:
         """Every address ``target.host`` resolves to, each checked by the policy."""

@@ -32,6 +32,7 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
+@dataclass(eq=False)
 class MicroBatcher:
     """Run ``fn(payloads) -> results`` over the payloads of many callers at once.
 
@@ -40,14 +41,14 @@ class MicroBatcher:
     result per payload, in order.
     """
 
-    def __init__(self, fn: Callable[[Sequence[Any]], Sequence[Any]], *, max_batch: int,
-                 max_queue: int, window_s: float = 0.0, runners: int = 1, name: str = "batcher"):
-        self._fn = fn
-        self.max_batch = max_batch
-        self.max_queue = max_queue
-        self.window_s = window_s
-        self.runners = runners
-        self.name = name
+    fn: Callable[[Sequence[Any]], Sequence[Any]]
+    max_batch: int
+    max_queue: int  # items waiting per process before submit raises Overloaded
+    window_s: float = 0.0  # extra wait for company before a batch runs
+    runners: int = 1
+    name: str = "batcher"
+
+    def __post_init__(self):
         # Runner threads start in the process that first submits: threads started in
         # the Gunicorn master would not exist in the forked workers.
         self._state = PerProcess(self._start)
@@ -113,7 +114,7 @@ class MicroBatcher:
         while True:
             batch = self._take_batch(state)
             try:
-                results = self._fn([job.payload for job in batch])
+                results = self.fn([job.payload for job in batch])
             except BaseException as exc:  # every waiting caller gets the error
                 for job in batch:
                     job.future.set_exception(exc)

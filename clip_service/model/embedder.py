@@ -66,10 +66,9 @@ class ClipEmbedder:
     def __init__(self, model, preprocess, tokenizer, *, model_name: str, pretrained: str,
                  device: str = "cpu", max_batch: int = 64):
         self.model = model.eval().requires_grad_(False)
-        self.preprocess = preprocess
-        self.tokenizer = tokenizer
-        self.model_name = model_name
-        self.pretrained = pretrained
+        self.preprocess, self.tokenizer = preprocess, tokenizer
+        # What the vectors are vectors of (the weights' tag, or their checkpoint file).
+        self.model_name, self.pretrained = model_name, pretrained
         self.device = device
         self.max_batch = max_batch
         self.dimensions = int(_embed_dim(model))

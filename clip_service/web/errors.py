@@ -81,12 +81,6 @@ def render_envelope(error: ApiError) -> Response:
     return json_response(body, status=error.status, headers=error.headers)
 
 
-def error_response(status: int, message: str | None = None, errors=None, headers=None) -> Response:
-    """An error response in the shape of the API being called (for answers that are not exceptions)."""
-    return current_app.extensions["clip_error_renderers"].render(
-        ApiError(status, message, errors=errors, headers=headers))
-
-
 Renderer = Callable[[ApiError], Response]
 
 

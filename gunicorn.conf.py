@@ -4,6 +4,8 @@ The model is loaded once in the master (preload_app) and shared copy-on-write
 by forked gthread workers. See the README's "Environment variables" table.
 """
 
+from __future__ import annotations
+
 import gc
 import os
 import shutil
@@ -24,6 +26,8 @@ else:
             os.remove(os.path.join(_metrics_dir, _name))
 
 import torch  # noqa: E402
+from gunicorn.arbiter import Arbiter  # noqa: E402
+from gunicorn.workers.base import Worker  # noqa: E402
 from prometheus_client import multiprocess  # noqa: E402
 
 from clip_service.config import Settings  # noqa: E402
@@ -32,8 +36,10 @@ settings = Settings.from_env()
 
 # Fork hazard (seen on these machines): a torch model built in the master with
 # a multi-threaded intra-op pool makes forked children hang at their first
-# parallel op. One thread in the master before the model is built avoids it;
-# each worker sets its own count after the fork (post_fork below).
+# parallel op (https://github.com/pytorch/pytorch/issues/17199; the workaround
+# is from https://github.com/pytorch/pytorch/issues/58962). One thread in the
+# master before the model is built avoids it; each worker sets its own count
+# after the fork (post_fork below).
 torch.set_num_threads(1)
 
 bind = f"0.0.0.0:{settings.port}"
@@ -64,28 +70,28 @@ errorlog = "-"
 control_socket_disable = True
 
 
-def pre_fork(server, worker):
+def pre_fork(server: Arbiter, worker: Worker) -> None:
     # Move everything the master allocated (model included) out of the
     # collector's reach, so no GC pass in a worker touches those pages and
     # un-shares them.
     gc.freeze()
 
 
-def post_fork(server, worker):
+def post_fork(server: Arbiter, worker: Worker) -> None:
     torch.set_num_threads(settings.torch_threads)
 
 
-def post_worker_init(worker):
+def post_worker_init(worker: Worker) -> None:
     # Warm up here, after the fork, never in the master (the hazard above).
     worker.wsgi.extensions["clip_readiness"].warm_up()
     worker.log.info("worker %s warmed up (torch threads=%s)", worker.pid, torch.get_num_threads())
 
 
-def child_exit(server, worker):
+def child_exit(server: Arbiter, worker: Worker) -> None:
     # Drop the dead worker's live gauges; its counters stay in the sums.
     multiprocess.mark_process_dead(worker.pid)
 
 
-def on_exit(server):
+def on_exit(server: Arbiter) -> None:
     if _owns_metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)

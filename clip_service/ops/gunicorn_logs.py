@@ -15,6 +15,8 @@ class JsonGunicornLogger(glogging.Logger):
 
     def setup(self, cfg):
         super().setup(cfg)
+        # Gunicorn always logs access lines at INFO; here they obey LOG_LEVEL like every other line.
+        self.access_log.setLevel(max(logging.INFO, self.error_log.level))
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(CloudLoggingFormatter())

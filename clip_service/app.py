@@ -14,6 +14,7 @@ from .ops import observability
 from .ops.logs import configure_logging
 from .ops.readiness import Readiness
 from .pipeline import EmbeddingPipeline
+from .web.auth import ApiKeyGate, warn_if_open
 from .web.errors import register_error_handlers
 from .web.jsonio import OrjsonProvider
 from .web.openapi import create_api
@@ -62,7 +63,19 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
     api.register_blueprint(metrics.bp)
     openai_views.register(app, api)
     observability.init_app(app)
+    _require_api_keys(app, settings)
     return app
+
+
+def _require_api_keys(app: Flask, settings: Settings) -> None:
+    # After observability's hook, so a refused request still gets its id and log line.
+    gate = ApiKeyGate(settings.api_key_list(), public_endpoints={"health.health", "health.live", "health.ready"}
+                      | ({"metrics.scrape"} if settings.public_metrics else set()),
+                      public_blueprints={"api-docs"} if settings.public_docs else set(),
+                      count_by_key=not settings.public_metrics)
+    app.extensions["clip_api_keys"] = gate
+    app.before_request(gate.check)
+    warn_if_open(gate)
 
 
 def _fetcher(settings: Settings, embedder: ClipEmbedder) -> ImageFetcher:

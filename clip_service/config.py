@@ -15,6 +15,8 @@ from typing import Any, Mapping
 from .images.url_policy import Allowlist, parse_ports
 
 ENV_PREFIX = "CLIP_"
+# Shorter keys can be guessed or brute-forced; 16 random characters cannot.
+MIN_API_KEY_CHARS = 16
 
 
 class ConfigError(ValueError):
@@ -71,6 +73,16 @@ class Settings:
     fetch_allow: str = _setting("", doc="comma-separated host:port pairs and CIDR blocks exempt from the "
                                         "private-address block (and the port list)")
 
+    # --- access --------------------------------------------------------------
+    api_keys: str = _setting("", doc="comma-separated API keys, each at least 16 characters; clients send "
+                                     "Authorization: Bearer <key>. With no keys (and no file) the service is open")
+    api_keys_file: str = _setting("", doc="a file of API keys, one per line (# comments and blank lines ignored), "
+                                          "e.g. a Secret Manager secret mounted as a file; adds to CLIP_API_KEYS")
+    public_docs: bool = _setting(True, doc="with API keys on, /openapi.json, /docs and the demo page still answer "
+                                           "without a key (they hold no data)")
+    public_metrics: bool = _setting(False, doc="with API keys on, /metrics answers without a key (it then counts "
+                                               "no requests by key id)")
+
     # --- process -----------------------------------------------------------
     torch_threads: int = _setting(1, doc="torch intra-op threads per forward pass")
     workers: int = _setting(1, doc="Gunicorn worker processes")
@@ -125,8 +137,28 @@ class Settings:
                 parse(getattr(self, name))
             except ValueError as exc:
                 raise ConfigError(f"CLIP_{name.upper()} is not valid: {exc}") from None
+        self.api_key_list()  # a short key or an unreadable file refuses the start
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+
+    def api_key_list(self) -> tuple[str, ...]:
+        """The API keys of CLIP_API_KEYS and CLIP_API_KEYS_FILE; raise ConfigError for a short or missing one."""
+        sources = {ENV_PREFIX + "API_KEYS": [k.strip() for k in self.api_keys.split(",") if k.strip()]}
+        if self.api_keys_file:
+            try:
+                with open(self.api_keys_file, encoding="utf-8") as file:
+                    lines = [line.strip() for line in file.read().splitlines()]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"CLIP_API_KEYS_FILE={self.api_keys_file!r} cannot be read "
+                                  f"({type(exc).__name__}); it must be a UTF-8 file of keys, one per line") from None
+            sources[ENV_PREFIX + "API_KEYS_FILE"] = [line for line in lines if line and not line.startswith("#")]
+        for source, keys in sources.items():
+            for position, key in enumerate(keys, 1):
+                if len(key) < MIN_API_KEY_CHARS:
+                    # The key itself is never printed: it would end up in the platform's logs.
+                    raise ConfigError(f"{source}: key {position} has {len(key)} characters; every API key needs "
+                                      f"at least {MIN_API_KEY_CHARS} (make one with: openssl rand -hex 24)")
+        return tuple(dict.fromkeys(key for keys in sources.values() for key in keys))
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import logging
+import re
+from urllib.parse import unquote_plus
 
 from gunicorn import glogging
 
 from .logs import CloudLoggingFormatter, gcp_project
 from .request_context import TRACE_KEY, parse_trace
+
+
+# Query parameters whose values are never logged: a client that puts its API key
+# in the URL must not see it copied into the logs as well.
+_SECRET_NAME = re.compile(r"key|token|secret|passw|auth|sig", re.IGNORECASE)
+
+
+def redact_query(query: str) -> str:
+    """``query`` with the values of credential-like parameters replaced by ``REDACTED``."""
+    parts = []
+    for part in query.split("&"):
+        name, sep, _ = part.partition("=")
+        parts.append(f"{name}=REDACTED" if sep and _SECRET_NAME.search(unquote_plus(name)) else part)
+    return "&".join(parts)
 
 
 class JsonGunicornLogger(glogging.Logger):
@@ -25,7 +41,7 @@ class JsonGunicornLogger(glogging.Logger):
         if not self.access_log_enabled:
             return
         headers = {name.lower(): value for name, value in (resp.headers or [])}
-        query = f"?{req.query}" if req.query else ""
+        query = f"?{redact_query(req.query)}" if req.query else ""
         extra = {"httpRequest": {
             "requestMethod": req.method,
             "requestUrl": req.path + query,

@@ -38,6 +38,9 @@ MODEL_LOAD_SECONDS = Gauge("clip_model_load_seconds", "Seconds taken to load the
 FETCH_BYTES = Counter("clip_fetch_bytes_total", "Image bytes downloaded.")
 FETCH_SECONDS = Histogram("clip_fetch_duration_seconds", "Time to fetch and decode one image.",
                           buckets=_LATENCY_BUCKETS)
+AUTH_FAILURES = Counter("clip_auth_failures_total", "Requests refused for a missing or wrong API key.", ["reason"])
+REQUESTS_BY_KEY = Counter("clip_requests_by_key_total",
+                          "Requests by API key id (only while /metrics itself needs a key).", ["key_id"])
 
 
 def render() -> tuple[bytes, str]:

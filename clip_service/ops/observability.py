@@ -63,7 +63,7 @@ def _finish(response: Response) -> Response:
         log.info("%s %s %s", request.method, endpoint, response.status_code, extra={
             "endpoint": endpoint, "method": request.method, "status": response.status_code,
             "items": dict(info.items), "failures": dict(info.failures),
-            "latency_ms": round(latency * 1000, 1)})
+            "latency_ms": round(latency * 1000, 1), **({"key_id": info.key_id} if info.key_id else {})})
     return response
 
 

@@ -21,6 +21,7 @@ class RequestInfo:
     request_id: str
     trace: str | None = None
     span_id: str | None = None
+    key_id: str | None = None  # which API key called (a short digest, never the key)
     items: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)
 

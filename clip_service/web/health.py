@@ -9,7 +9,9 @@ from ..ops.readiness import Readiness
 from .jsonio import json_response
 from .schemas import HealthSchema
 
-bp = Blueprint("health", __name__, description="Is the model loaded and serving?")
+bp = Blueprint("health", __name__, description="Is the model loaded and serving? (No API key needed.)")
+# Platform probes send no credentials.
+_OPEN = {"security": []}
 
 
 def _readiness() -> Readiness:
@@ -21,6 +23,7 @@ def _answer(ok: bool, status: str, readiness: Readiness):
 
 
 @bp.route("/health", methods=["GET"])
+@bp.doc(**_OPEN)
 @bp.response(200, HealthSchema)
 @bp.alt_response(503, schema=HealthSchema, description="No model, its warm-up failed, or the last readiness "
                                                        "inference failed.")
@@ -32,6 +35,7 @@ def health():
 
 
 @bp.route("/health/live", methods=["GET"])
+@bp.doc(**_OPEN)
 @bp.response(200, HealthSchema)
 def live():
     """Liveness: the process answers HTTP (no model work)."""
@@ -39,6 +43,7 @@ def live():
 
 
 @bp.route("/health/ready", methods=["GET"])
+@bp.doc(**_OPEN)
 @bp.response(200, HealthSchema)
 @bp.alt_response(503, schema=HealthSchema, description="Inference failed or the model is wedged.")
 def ready():

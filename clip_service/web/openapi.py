@@ -54,6 +54,8 @@ class SchemaPlugin(MarshmallowPlugin):
 
 def create_api(app: Flask, settings: Settings) -> Api:
     """Attach the API documentation to ``app``, with ``settings``' limits; register blueprints on it next."""
+    # With API keys on, every operation needs the bearer key unless it says security: [] (the probes).
+    security = {"security": [{"apiKey": []}]} if settings.api_key_list() else {}
     app.config.update({
         "API_TITLE": "clip-service",
         "API_VERSION": "1.0",
@@ -66,9 +68,13 @@ def create_api(app: Flask, settings: Settings) -> Api:
             "Turns texts and images into L2-normalised CLIP vectors. Bodies are UTF-8 JSON of at most "
             f"{settings.max_body_bytes} bytes (CLIP_MAX_BODY_BYTES; 413 above). Texts longer than the "
             "model's context (77 tokens) are truncated as CLIP does. Every error answers with the "
-            "envelope {code, status, message, errors}.")}},
+            "envelope {code, status, message, errors}.")}, **security},
     })
-    return ServiceApi(app, spec_kwargs={"marshmallow_plugin": SchemaPlugin(settings)})
+    api = ServiceApi(app, spec_kwargs={"marshmallow_plugin": SchemaPlugin(settings)})
+    api.spec.components.security_scheme("apiKey", {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key of CLIP_API_KEYS / CLIP_API_KEYS_FILE, sent as Authorization: Bearer <key>."})
+    return api
 
 
 def add_error_response(api: Api, name: str, schema, description: str) -> None:

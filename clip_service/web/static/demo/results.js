@@ -81,8 +81,11 @@ export function renderHeatmap(table, texts, items, rows, errors) {
     const th = document.createElement("th");
     th.scope = "col";
     th.className = "text-col";
-    th.textContent = text;
     th.title = text;
+    const words = document.createElement("span");
+    words.className = "text-head";  // clamped to a few lines on screen; read out in full
+    words.textContent = text;
+    th.append(words);
     head.append(th);
   }
   const thead = document.createElement("thead");

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from werkzeug.serving import make_server
 
-from clip_service.web.errors import error_response
+from clip_service.web.errors import ApiError, render_envelope
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -46,8 +45,8 @@ def find_chromium() -> tuple[str, str]:
     pytest.skip(reason)
 
 
-def start_chromium():
-    """A fresh headless Chromium with its own profile, logging the pages' network requests."""
+def start_chromium(profile: Path):
+    """A fresh headless Chromium with its profile in ``profile``, logging the pages' network requests."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from selenium.webdriver.chrome.service import Service
 
@@ -56,7 +55,7 @@ def start_chromium():
     options.binary_location = browser
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='clip-chromium-')}")
+    options.add_argument(f"--user-data-dir={profile}")
     options.add_argument("--window-size=1280,900")
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(driver_path))
@@ -131,10 +130,10 @@ class Gate:
             with self._lock:
                 self.authorizations.append((path, environ.get("HTTP_AUTHORIZATION")))
         if path in self.hidden:
-            return error_response(404)(environ, start_response)
+            return render_envelope(ApiError(404))(environ, start_response)
         if self.api_key is not None and environ["REQUEST_METHOD"] == "POST" \
                 and environ.get("HTTP_AUTHORIZATION") != f"Bearer {self.api_key}":
-            return error_response(401, "a valid API key is required")(environ, start_response)
+            return render_envelope(ApiError(401, "a valid API key is required"))(environ, start_response)
         return self.app(environ, start_response)
 
 

@@ -211,6 +211,42 @@ def test_the_heatmap_shows_the_apis_cosines_and_each_failed_images_error(browser
     set_viewport(browser, 1280, 900)
 
 
+def test_images_can_be_dropped_and_pasted(browser, live):
+    # Selenium cannot drag a file from the desktop: the page gets the same events, built in the page,
+    # with the photos' bytes in their DataTransfer, as a browser builds them for a drop or a paste.
+    open_demo(browser, live)
+    element(browser, "#texts").send_keys("\n".join(TEXTS))
+    browser.execute_script("""
+        const [dropped, pasted, address] = arguments;
+        const transfer = (name, b64) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const data = new DataTransfer();
+          data.items.add(new File([bytes], name, {type: "image/jpeg"}));
+          return data;
+        };
+        document.getElementById("drop-zone").dispatchEvent(
+          new DragEvent("drop", {bubbles: true, cancelable: true, dataTransfer: transfer(...dropped)}));
+        document.body.dispatchEvent(
+          new ClipboardEvent("paste", {bubbles: true, cancelable: true, clipboardData: transfer(...pasted)}));
+        const text = new DataTransfer();
+        text.setData("text/plain", address);
+        document.body.dispatchEvent(
+          new ClipboardEvent("paste", {bubbles: true, cancelable: true, clipboardData: text}));
+    """, [PHOTOS[0].name, base64.b64encode(PHOTOS[0].read_bytes()).decode()],
+         [PHOTOS[1].name, base64.b64encode(PHOTOS[1].read_bytes()).decode()], BLOCKED_URL)
+    names = [e.text for e in elements(browser, "#image-list .image-name")]
+    assert names == [PHOTOS[0].name, PHOTOS[1].name, "127.0.0.1:1/…/x.jpg"]
+
+    element(browser, "#compare").click()
+    wait_until_compared(browser)
+    shown = read_heatmap(browser)
+    expected, _ = api_cosines(live, TEXTS, [data_uri(p) for p in PHOTOS])
+    for i in range(2):
+        assert [c["value"] for c in shown["rows"][i]["cells"]] == pytest.approx(list(expected[i]), abs=1e-3)
+    assert shown["rows"][2]["error"]["code"] == "blocked_url"
+    assert csp_violations(browser) == []
+
+
 def test_the_label_bars_show_classifys_scores(browser, live, tmp_path):
     if not has_route(live.app, "/classify"):
         pytest.skip("POST /classify is not in this build yet, so there are no bars to check: this test starts "

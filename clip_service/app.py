@@ -55,13 +55,16 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
 
     api = create_api(app, settings)
     register_error_handlers(app)
-    from .web import embed, health, metrics
+    from .web import demo, docs, embed, health, metrics
     from .web.openai import views as openai_views
 
     api.register_blueprint(embed.bp)
     api.register_blueprint(health.bp)
     api.register_blueprint(metrics.bp)
     openai_views.register(app, api)
+    # The HTML pages are not API endpoints: registered on the app, they stay out of the OpenAPI document.
+    app.register_blueprint(demo.bp)
+    app.register_blueprint(docs.bp)
     observability.init_app(app)
     _require_api_keys(app, settings)
     return app

@@ -1,4 +1,4 @@
-"""The OpenAPI document (/openapi.json) and its interactive page (/docs): all of the plumbing, in one place."""
+"""The OpenAPI document (/openapi.json), from flask-smorest; its interactive page (/docs) is ``web/docs.py``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ from flask_smorest import Api
 
 from ..config import Settings
 from .schemas import ErrorEnvelopeSchema
-
-# Swagger UI's scripts come from this CDN in the reader's browser; the service serves only the page.
-SWAGGER_UI_URL = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/"
 
 
 class ServiceApi(Api):
@@ -62,8 +59,6 @@ def create_api(app: Flask, settings: Settings) -> Api:
         "OPENAPI_VERSION": "3.0.3",
         "OPENAPI_URL_PREFIX": "/",
         "OPENAPI_JSON_PATH": "openapi.json",
-        "OPENAPI_SWAGGER_UI_PATH": "docs",
-        "OPENAPI_SWAGGER_UI_URL": SWAGGER_UI_URL,
         "API_SPEC_OPTIONS": {"info": {"description": (
             "Turns texts and images into L2-normalised CLIP vectors. Bodies are UTF-8 JSON of at most "
             f"{settings.max_body_bytes} bytes (CLIP_MAX_BODY_BYTES; 413 above). Texts longer than the "

@@ -74,7 +74,7 @@ def _require_api_keys(app: Flask, settings: Settings) -> None:
     # After observability's hook, so a refused request still gets its id and log line.
     gate = ApiKeyGate(settings.api_key_list(), public_endpoints={"health.health", "health.live", "health.ready"}
                       | ({"metrics.scrape"} if settings.public_metrics else set()),
-                      public_blueprints={"api-docs"} if settings.public_docs else set(),
+                      public_blueprints={"api-docs", "docs", "demo"} if settings.public_docs else set(),
                       count_by_key=not settings.public_metrics)
     app.extensions["clip_api_keys"] = gate
     app.before_request(gate.check)

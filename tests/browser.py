@@ -104,19 +104,27 @@ def save_full_page(driver, width: int, paths: list[Path]) -> None:
 
 
 class Gate:
-    """WSGI middleware standing in for what the app does not do yet, or no longer does, per test.
+    """WSGI middleware that records each POST's Authorization header and hides paths, per test.
 
-    ``hidden`` paths answer 404 (a build without /classify); with ``api_key`` set,
-    every POST needs ``Authorization: Bearer <api_key>`` or answers 401, the way
-    the coming API keys will. Both answer with the service's error envelope.
+    ``hidden`` paths answer 404 (a build without /classify). ``api_key`` sets the
+    app's own API keys (clip_service.web.auth): every API call then needs
+    ``Authorization: Bearer <api_key>``, exactly as a deployment with CLIP_API_KEYS.
     """
 
     def __init__(self, app):
         self.app = app
         self.hidden: set[str] = set()
-        self.api_key: str | None = None
         self.authorizations: list[tuple[str, str | None]] = []
         self._lock = threading.Lock()
+
+    @property
+    def api_key(self) -> str | None:
+        return self._api_key if hasattr(self, "_api_key") else None
+
+    @api_key.setter
+    def api_key(self, key: str | None) -> None:
+        self._api_key = key
+        self.app.extensions["clip_api_keys"].use_keys([key] if key else [])
 
     def reset(self) -> None:
         with self._lock:
@@ -131,9 +139,6 @@ class Gate:
                 self.authorizations.append((path, environ.get("HTTP_AUTHORIZATION")))
         if path in self.hidden:
             return render_envelope(ApiError(404))(environ, start_response)
-        if self.api_key is not None and environ["REQUEST_METHOD"] == "POST" \
-                and environ.get("HTTP_AUTHORIZATION") != f"Bearer {self.api_key}":
-            return render_envelope(ApiError(401, "a valid API key is required"))(environ, start_response)
         return self.app(environ, start_response)
 
 

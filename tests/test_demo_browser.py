@@ -289,7 +289,7 @@ def test_without_classify_the_bars_give_way_to_a_note(browser, live):
 
 
 def test_the_api_key_is_sent_as_a_bearer_token_and_kept_in_this_tab_only(browser, live):
-    live.gate.api_key = "demo-key-7"
+    live.gate.api_key = "demo-key-0123456789"
     open_demo(browser, live)
     fill_in(browser, TEXTS, PHOTOS[:1], [])
     element(browser, "#compare").click()
@@ -306,7 +306,7 @@ def test_the_api_key_is_sent_as_a_bearer_token_and_kept_in_this_tab_only(browser
 
     field = element(browser, "#api-key")
     field.clear()
-    field.send_keys("demo-key-7")
+    field.send_keys("demo-key-0123456789")
     live.gate.authorizations.clear()
     element(browser, "#compare").click()
     wait_until_compared(browser)
@@ -315,13 +315,13 @@ def test_the_api_key_is_sent_as_a_bearer_token_and_kept_in_this_tab_only(browser
     wait_for_labels(browser)
     called = {path for path, _ in live.gate.authorizations}
     assert {"/embed/text", "/embed/image", "/classify"} <= called
-    assert {auth for _, auth in live.gate.authorizations} == {"Bearer demo-key-7"}
+    assert {auth for _, auth in live.gate.authorizations} == {"Bearer demo-key-0123456789"}
 
     stored = browser.execute_script(
         "return [JSON.stringify(sessionStorage), localStorage.length, document.cookie]")
-    assert "demo-key-7" in stored[0] and stored[1:] == [0, ""]
+    assert "demo-key-0123456789" in stored[0] and stored[1:] == [0, ""]
     browser.refresh()  # the same tab keeps it
-    assert element(browser, "#api-key").get_attribute("value") == "demo-key-7"
+    assert element(browser, "#api-key").get_attribute("value") == "demo-key-0123456789"
 
 
 def test_the_page_works_from_the_keyboard_with_a_label_on_every_control(browser, live):

@@ -35,10 +35,14 @@ class ApiKeyGate:
 
     def __init__(self, keys: Sequence[str], *, public_endpoints: Collection[str] = (),
                  public_blueprints: Collection[str] = (), count_by_key: bool = True):
-        self._keys = [(hashlib.sha256(k.encode()).digest(), key_id(k)) for k in keys]
+        self.use_keys(keys)
         self.public_endpoints = set(public_endpoints)
         self.public_blueprints = set(public_blueprints)
         self.count_by_key = count_by_key
+
+    def use_keys(self, keys: Sequence[str]) -> None:
+        """Accept exactly ``keys`` from now on (none: the service is open)."""
+        self._keys = [(hashlib.sha256(k.encode()).digest(), key_id(k)) for k in keys]
 
     @property
     def enabled(self) -> bool:

@@ -49,18 +49,20 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
     if fetcher is None:
         fetcher = _fetcher(settings, embedder)
     app.extensions["clip_embedder"] = embedder
-    app.extensions["clip_pipeline"] = EmbeddingPipeline(embedder, fetcher)
+    app.extensions["clip_pipeline"] = EmbeddingPipeline(embedder, fetcher,
+                                                        label_cache_bytes=settings.label_cache_mb << 20)
     app.extensions["clip_readiness"] = Readiness(embedder, ttl=settings.ready_cache_seconds,
                                                  timeout=settings.ready_timeout)
 
     api = create_api(app, settings)
     register_error_handlers(app)
-    from .web import demo, docs, embed, health, metrics
+    from .web import demo, docs, embed, health, metrics, zeroshot
     from .web.openai import views as openai_views
 
     api.register_blueprint(embed.bp)
     api.register_blueprint(health.bp)
     api.register_blueprint(metrics.bp)
+    api.register_blueprint(zeroshot.bp)
     openai_views.register(app, api)
     # The HTML pages are not API endpoints: registered on the app, they stay out of the OpenAPI document.
     app.register_blueprint(demo.bp)

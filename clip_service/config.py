@@ -57,6 +57,15 @@ class Settings:
     # Sized for images in the body: a base64 image of fetch_max_bytes (20 MiB) is 26.7 MiB.
     max_body_bytes: int = _setting(32 * 1024 * 1024, doc="largest request body (bytes)")
 
+    # --- zero-shot labelling and ranking (/classify, /rank) --------------------
+    max_labels: int = _setting(1000, doc="most candidate labels in one /classify request")
+    max_templates: int = _setting(100, doc="most prompt templates in one /classify request's list")
+    max_label_chars: int = _setting(300, doc="most characters in one label or template")
+    max_label_texts: int = _setting(10_000, doc="most labels x templates in one /classify request (each is a "
+                                                "text through the model unless its label vector is cached)")
+    label_cache_mb: int = _setting(32, doc="MiB of ensembled label vectors kept per worker (a 512-d vector is "
+                                           "2 KiB: 32 MiB holds about 16,000); 0 keeps none", minimum=0)
+
     # --- image fetching ----------------------------------------------------
     fetch_connect_timeout: float = _setting(3.0, doc="seconds to open a connection to an image host")
     fetch_read_timeout: float = _setting(10.0, doc="seconds to wait for each read from an image host")

@@ -18,11 +18,13 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from .cache.memory import LruCache
 from .images.errors import ItemError
 from .images.fetcher import ImageFetcher
 from .images.sources import describe
 from .model.embedder import ClipEmbedder
 from .model.tokenizer import token_count
+from .zeroshot import Templates, ensemble, softmax
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,37 @@ class ImageVectors:
         return [[] if v is None else v for v in self.vectors]
 
 
+@dataclass
+class LabelScores:
+    """One image against the candidate labels, in the labels' order."""
+
+    cosines: np.ndarray
+    probabilities: np.ndarray  # softmax of logit scale x cosine
+
+
+@dataclass
+class Classification:
+    images: list[LabelScores | None]  # one per source; None where it failed
+    failures: list[ItemFailure] = field(default_factory=list)
+
+
+@dataclass
+class Ranking:
+    """One query against candidates: a cosine per candidate (NaN where a candidate image failed)."""
+
+    cosines: np.ndarray
+    probabilities: np.ndarray  # softmax over the candidates that did not fail (NaN for those that did)
+    failures: list[ItemFailure] = field(default_factory=list)
+
+
+class QueryFailed(Exception):
+    """The query image of a ranking could not be used; ``failure`` says why."""
+
+    def __init__(self, failure: ItemFailure):
+        super().__init__(failure.error.message)
+        self.failure = failure
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     model: str
@@ -71,9 +104,12 @@ class ModelInfo:
 class EmbeddingPipeline:
     """Texts and image sources in, unit vectors and per-item errors out."""
 
-    def __init__(self, embedder: ClipEmbedder, fetcher: ImageFetcher):
+    def __init__(self, embedder: ClipEmbedder, fetcher: ImageFetcher, *, label_cache_bytes: int = 32 << 20):
         self.embedder = embedder
         self.fetcher = fetcher
+        # Ensembled label vectors by (model, templates, label): the same labels sent
+        # with every image cost one pass through the text tower.
+        self.label_cache = LruCache(label_cache_bytes)
         # Called as on_embedded(modality, count) and on_failures(codes) after each
         # call; the web layer hangs its metrics and request log here.
         self.on_embedded: Callable[[str, int], None] | None = None
@@ -123,6 +159,53 @@ class EmbeddingPipeline:
             text_job = pool.submit(contextvars.copy_context().run, self.embed_texts, texts)
             images = self.embed_images(sources, all_or_none=all_or_none)
             return text_job.result(), images
+
+    def label_vectors(self, labels: Sequence[str], templates: Templates) -> np.ndarray:
+        """One unit vector per label: its prompts' text vectors ensembled (open_clip's zero-shot classifier)."""
+        identity = (self.embedder.model_name, self.embedder.pretrained)
+        keys = [(*identity, templates.key, label) for label in labels]
+        found = self.label_cache.get_many(keys)
+        missing = [label for label, vector in zip(labels, found) if vector is None]
+        if missing:
+            fresh = ensemble(self.embed_texts(templates.texts(missing)).vectors, len(missing))
+            self.label_cache.put_many(zip([(*identity, templates.key, label) for label in missing], fresh))
+            computed = dict(zip(missing, fresh))
+            found = [computed[label] if vector is None else vector for label, vector in zip(labels, found)]
+        return np.stack(found) if found else np.zeros((0, self.embedder.dimensions), dtype=np.float32)
+
+    def classify(self, sources: Sequence[ImageSource], labels: Sequence[str], templates: Templates) -> Classification:
+        """Score each image against ``labels`` (zero-shot); the labels are embedded while the images download."""
+        with ThreadPoolExecutor(1, thread_name_prefix="labels") as pool:
+            label_job = pool.submit(contextvars.copy_context().run, self.label_vectors, labels, templates)
+            images = self.embed_images(sources)
+            label_matrix = label_job.result()
+        scale = self.embedder.logit_scale
+        scored: list[LabelScores | None] = []
+        for vector in images.vectors:
+            if vector is None:
+                scored.append(None)
+                continue
+            cosines = label_matrix @ vector
+            scored.append(LabelScores(cosines, softmax(cosines, scale)))
+        return Classification(scored, images.failures)
+
+    def rank(self, query: str | ImageSource, candidates: Sequence, *, query_is_image: bool) -> Ranking:
+        """Score candidate images against a text query, or candidate texts against an image query."""
+        if query_is_image:
+            texts, images = self.embed_mixed(list(candidates), [query])
+            if images.failures:
+                raise QueryFailed(images.failures[0])
+            query_vector, candidate_vectors = images.vectors[0], list(texts.vectors)
+            failures: list[ItemFailure] = []
+        else:
+            texts, images = self.embed_mixed([query], list(candidates))
+            query_vector, candidate_vectors, failures = texts.vectors[0], images.vectors, images.failures
+        cosines = np.array([np.nan if v is None else float(v @ query_vector) for v in candidate_vectors])
+        good = ~np.isnan(cosines)
+        probabilities = np.full(len(cosines), np.nan)
+        if good.any():
+            probabilities[good] = softmax(cosines[good], self.embedder.logit_scale)
+        return Ranking(cosines, probabilities, failures)
 
     def _model_input(self, data: bytes) -> torch.Tensor:
         # Runs in the download thread: the decoded image is dropped as soon as

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import positive_data_acceptance
 
 from clip_service import create_app
 from clip_service.images.errors import ItemError
@@ -103,7 +104,8 @@ class OfflineFetcher:
 def fuzzed_app(tiny_embedder):
     # Small limits, so the fuzzer's boundary cases (limit, limit + 1) are cheap to run.
     app = create_app({"TESTING": True, "max_texts": 6, "max_urls": 4, "max_text_chars": 300,
-                      "max_url_chars": 200, "max_body_bytes": 64 * 1024}, embedder=tiny_embedder,
+                      "max_url_chars": 200, "max_body_bytes": 64 * 1024, "max_labels": 6, "max_templates": 3,
+                      "max_label_chars": 40, "max_label_texts": 12}, embedder=tiny_embedder,
                      fetcher=OfflineFetcher())
     return app
 
@@ -131,7 +133,10 @@ def test_the_api_conforms_to_its_document_under_fuzzing(case, fuzzed_app):
     # Every default check: no 5xx, documented status codes, content types and
     # headers, responses valid against their schemas, and data the document
     # forbids is refused with a 4xx.
-    response = case.call_and_validate()
+    # /classify's single image and /rank's query image are answered 422 when they cannot be used,
+    # which here (every image fails offline) is every such request: schema-valid, yet refused.
+    excluded = [positive_data_acceptance] if case.operation.path in ("/classify", "/rank") else []
+    response = case.call_and_validate(excluded_checks=excluded)
     assert response.status_code < 500
     if response.status_code >= 400:
         good = fuzzed_app.test_client().post("/embed/text", json={"texts": ["still fine"]})

@@ -95,6 +95,12 @@ class ClipEmbedder:
         return int(min(size) if isinstance(size, (tuple, list)) else size)
 
     @property
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature: logits = logit_scale x cosine (about 100 for trained CLIP)."""
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
+
+    @property
     def pretrained_label(self) -> str:
         """The tag, or only the file name of a local checkpoint (its directory is nobody's business)."""
         return os.path.basename(self.pretrained) if os.path.isfile(self.pretrained) else self.pretrained

@@ -11,7 +11,6 @@ from gunicorn import glogging
 from .logs import CloudLoggingFormatter, gcp_project
 from .request_context import TRACE_KEY, parse_trace
 
-
 # Query parameters whose values are never logged: a client that puts its API key
 # in the URL must not see it copied into the logs as well.
 _SECRET_NAME = re.compile(r"key|token|secret|passw|auth|sig", re.IGNORECASE)

@@ -73,6 +73,15 @@ class UrlString(LimitedString):
         return url
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only: not 0, 1, "yes" or "on", which marshmallow would read as booleans."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean: send true or false.")
+        return value
+
+
 class _RequestSchema(Schema):
     class Meta:
         unknown = RAISE  # documented as additionalProperties: false

@@ -1,0 +1,89 @@
+"""POST /classify (zero-shot labels for images) and POST /rank (one query against candidates)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from flask_smorest import Blueprint
+
+from ..images.sources import describe
+from ..pipeline import QueryFailed
+from . import current
+from .embed import documents_body_errors
+from .errors import ApiError
+from .jsonio import JsonBodyParser, json_response
+from .schemas import item_errors
+from .zeroshot_schemas import (
+    ClassifyBatchSchema,
+    ClassifyRequestSchema,
+    LabelScoreSchema,
+    RankingSchema,
+    RankRequestSchema,
+)
+
+bp = Blueprint("zeroshot", __name__, description="Zero-shot labelling and ranking with CLIP's own arithmetic.")
+bp.ARGUMENTS_PARSER = JsonBodyParser()  # 415/400 for bodies that are not UTF-8 JSON
+
+_CLASSIFY_EXAMPLE = {"inputs": "https://example.com/cat.jpg",
+                     "parameters": {"candidate_labels": ["cat", "dog", "car"],
+                                    "hypothesis_template": "This is a photo of {}."}}
+_RANK_EXAMPLE = {"query": "a photo of a cat", "documents": ["https://example.com/cat.jpg",
+                                                            "https://example.com/car.jpg"], "top_n": 1}
+
+
+def _label_scores(labels, scores, with_cosine: bool) -> list[dict]:
+    order = sorted(range(len(labels)), key=lambda i: -scores.probabilities[i])
+    return [{"label": labels[i], "score": float(scores.probabilities[i]),
+             **({"cosine": float(scores.cosines[i])} if with_cosine else {})} for i in order]
+
+
+@bp.route("/classify", methods=["POST"])
+@bp.arguments(ClassifyRequestSchema, example=_CLASSIFY_EXAMPLE)
+@bp.response(200, ClassifyBatchSchema, description="One image: a list of labels and scores, best first. A list "
+                                                    "of images: one such list per image, with per-item errors.")
+@bp.doc(responses={200: {"content": {"application/json": {"schema": {"oneOf": [
+    {"type": "array", "items": LabelScoreSchema}, ClassifyBatchSchema]}}}}})
+@bp.alt_response(422, description="Not a valid request; or the one image sent could not be used (errors.inputs "
+                                  "names its code).", schema=None)
+@documents_body_errors(bp)
+def classify(body):
+    """Label images zero-shot: softmax over the candidate labels of logit scale x cosine."""
+    params = body["parameters"]
+    labels, single = params["candidate_labels"], isinstance(body["inputs"], str)
+    result = current.pipeline().classify([body["inputs"]] if single else body["inputs"], labels,
+                                         params["hypothesis_template"])
+    if single:
+        if result.failures:
+            error = result.failures[0].error
+            raise ApiError(422, f"the image could not be used: {error.message}",
+                           errors={"inputs": [f"{error.code}: {error.message}"]}, code=error.code)
+        return json_response(_label_scores(labels, result.images[0], params["return_cosine"]))
+    results = [[] if scores is None else _label_scores(labels, scores, params["return_cosine"])
+               for scores in result.images]
+    return json_response({"results": results, "errors": item_errors(result.failures),
+                          **asdict(current.pipeline().info)})
+
+
+@bp.route("/rank", methods=["POST"])
+@bp.arguments(RankRequestSchema, example=_RANK_EXAMPLE)
+@bp.response(200, RankingSchema)
+@bp.alt_response(422, description="Not a valid request; or the query image could not be used (errors.query "
+                                  "names its code).", schema=None)
+@documents_body_errors(bp)
+def rank(body):
+    """Rank candidates against one query: images against a text, or texts against an image."""
+    image_query = body["query_modality"] == "image"
+    try:
+        ranking = current.pipeline().rank(body["query"], body["documents"], query_is_image=image_query)
+    except QueryFailed as failed:
+        error = failed.failure.error
+        raise ApiError(422, f"the query image could not be used: {error.message}",
+                       errors={"query": [f"{error.code}: {error.message}"]}, code=error.code) from None
+    scores = ranking.probabilities if body["scores"] == "softmax" else ranking.cosines
+    kept = sorted((i for i in range(len(scores)) if scores[i] == scores[i]), key=lambda i: -scores[i])
+    results = [{"index": i, "relevance_score": float(scores[i]),
+                **({"document": body["documents"][i] if image_query else describe(body["documents"][i])}
+                   if body["return_documents"] else {})}
+               for i in kept[:body.get("top_n")]]
+    return json_response({"results": results, "errors": item_errors(ranking.failures),
+                          **asdict(current.pipeline().info)})

@@ -61,6 +61,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
     api.register_blueprint(health.bp)
     api.register_blueprint(metrics.bp)
     openai_views.register(app, api)
+    if settings.weaviate:
+        from .web import weaviate
+
+        weaviate.register(app, api)
     observability.init_app(app)
     return app
 

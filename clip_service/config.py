@@ -71,6 +71,14 @@ class Settings:
     fetch_allow: str = _setting("", doc="comma-separated host:port pairs and CIDR blocks exempt from the "
                                         "private-address block (and the port list)")
 
+    # --- Weaviate (web/weaviate.py) ------------------------------------------
+    weaviate: bool = _setting(False, doc="serve Weaviate's multi2vec-clip inference API at the root (POST /vectorize, "
+                                         "GET /meta, /.well-known/live and /.well-known/ready); off by default: "
+                                         "Weaviate sends no credentials")
+    weaviate_public: bool = _setting(False, doc="with API keys set, let /vectorize and /meta through without one "
+                                                "(Weaviate cannot send a key; the /.well-known probes are always "
+                                                "open); only on a private network")
+
     # --- process -----------------------------------------------------------
     torch_threads: int = _setting(1, doc="torch intra-op threads per forward pass")
     workers: int = _setting(1, doc="Gunicorn worker processes")

@@ -67,6 +67,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
     # The HTML pages are not API endpoints: registered on the app, they stay out of the OpenAPI document.
     app.register_blueprint(demo.bp)
     app.register_blueprint(docs.bp)
+    if settings.weaviate:
+        from .web import weaviate
+
+        weaviate.register(app, api)
     observability.init_app(app)
     _require_api_keys(app, settings)
     return app
@@ -74,8 +78,15 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
 
 def _require_api_keys(app: Flask, settings: Settings) -> None:
     # After observability's hook, so a refused request still gets its id and log line.
-    gate = ApiKeyGate(settings.api_key_list(), public_endpoints={"health.health", "health.live", "health.ready"}
-                      | ({"metrics.scrape"} if settings.public_metrics else set()),
+    public = {"health.health", "health.live", "health.ready"}
+    if settings.public_metrics:
+        public.add("metrics.scrape")
+    if settings.weaviate:
+        from .web import weaviate
+
+        # Probes never carry credentials; Weaviate itself cannot send a key either.
+        public |= weaviate.PROBE_ENDPOINTS | (weaviate.API_ENDPOINTS if settings.weaviate_public else set())
+    gate = ApiKeyGate(settings.api_key_list(), public_endpoints=public,
                       public_blueprints={"api-docs", "docs", "demo"} if settings.public_docs else set(),
                       count_by_key=not settings.public_metrics)
     app.extensions["clip_api_keys"] = gate

@@ -91,6 +91,13 @@ class Settings:
                                            "without a key (they hold no data)")
     public_metrics: bool = _setting(False, doc="with API keys on, /metrics answers without a key (it then counts "
                                                "no requests by key id)")
+    # --- Weaviate (web/weaviate.py) ------------------------------------------
+    weaviate: bool = _setting(False, doc="serve Weaviate's multi2vec-clip inference API at the root (POST /vectorize, "
+                                         "GET /meta, /.well-known/live and /.well-known/ready); off by default: "
+                                         "Weaviate sends no credentials")
+    weaviate_public: bool = _setting(False, doc="with API keys set, let /vectorize and /meta through without one "
+                                                "(Weaviate cannot send a key; the /.well-known probes are always "
+                                                "open); only on a private network")
 
     # --- process -----------------------------------------------------------
     torch_threads: int = _setting(1, doc="torch intra-op threads per forward pass")

@@ -15,7 +15,8 @@ log = logging.getLogger("clip_service.request")
 REQUEST_ID_HEADER = "X-Request-ID"
 
 # Probes and scrapes arrive every few seconds; their summary lines are noise.
-_QUIET_ENDPOINTS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+_QUIET_ENDPOINTS = frozenset({"/health", "/health/live", "/health/ready", "/metrics",
+                              "/.well-known/live", "/.well-known/ready"})  # Weaviate's probes (CLIP_WEAVIATE)
 
 
 def record_batch(modality: str, size: int, seconds: float) -> None:

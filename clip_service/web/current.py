@@ -1,10 +1,11 @@
-"""The running app's settings and pipeline, for views and schemas (made once by the factory)."""
+"""The running app's settings, pipeline and readiness, for views and schemas (made once by the factory)."""
 
 from __future__ import annotations
 
 from flask import current_app
 
 from ..config import Settings
+from ..ops.readiness import Readiness
 from ..pipeline import EmbeddingPipeline
 
 
@@ -14,3 +15,7 @@ def settings() -> Settings:
 
 def pipeline() -> EmbeddingPipeline:
     return current_app.extensions["clip_pipeline"]
+
+
+def readiness() -> Readiness:
+    return current_app.extensions["clip_readiness"]

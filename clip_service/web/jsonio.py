@@ -79,10 +79,16 @@ class JsonBodyParser(FlaskParser):
     422) and parses with the stdlib (deep nesting raises RecursionError, a
     500). Here: 415 for a Content-Type other than UTF-8 JSON, 400 for a body
     that is not JSON, 413 (from Werkzeug) for one over the size limit.
+    With ``json_without_content_type`` a body with no Content-Type at all is
+    read as JSON too (for clients that send none, such as Weaviate before 1.26).
     """
 
+    def __init__(self, *args, json_without_content_type: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.json_without_content_type = json_without_content_type
+
     def load_json(self, req: Request, schema):
-        if not is_json(req.mimetype):
+        if not is_json(req.mimetype) and not (self.json_without_content_type and not req.mimetype):
             abort(415, message="send the body as JSON with Content-Type: application/json")
         charset = req.mimetype_params.get("charset", "utf-8").lower()
         if charset not in ("utf-8", "utf8"):

@@ -1,0 +1,215 @@
+"""Weaviate's multi2vec-clip inference API at the root: POST /vectorize, GET /meta, GET /.well-known/{live,ready}.
+
+The contract is Weaviate's own client (``modules/multi2vec-clip/clients/`` in
+weaviate/weaviate) and the reference container it was written against
+(weaviate/multi2vec-clip-inference, ``app.py``): a body ``{"texts", "images"}``
+whose images are plain base64, an answer ``{"textVectors", "imageVectors"}``,
+and on failure a status above 399 with ``{"error": "<message>"}``, which
+Weaviate parses as JSON before it looks at the status. Weaviate cannot take a
+partial answer, so one image that fails fails the request, naming its index
+and code.
+
+Weaviate sends no credentials and this module cannot be told to send any:
+with API keys on, the /.well-known probes stay open, and /vectorize and /meta
+need a key unless CLIP_WEAVIATE_PUBLIC (see PROBE_ENDPOINTS, API_ENDPOINTS).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response
+from flask_smorest import Api, Blueprint
+from marshmallow import EXCLUDE, Schema, fields, post_load
+
+from ..pipeline import ItemFailure
+from . import current
+from .errors import ApiError
+from .jsonio import JsonBodyParser, json_response
+from .openapi import add_error_response
+from .schemas import LimitedList, LimitedString
+
+log = logging.getLogger(__name__)
+
+ERROR_RESPONSE = "WEAVIATE_ERROR"
+# Exact paths, not a prefix: the routes sit at the root next to the service's own.
+PATHS = ("/vectorize", "/meta", "/.well-known/live", "/.well-known/ready")
+# Endpoint names for the API-key check (app.py): the probes are always open, the API only when public.
+PROBE_ENDPOINTS = frozenset({"weaviate.live", "weaviate.ready"})
+API_ENDPOINTS = frozenset({"weaviate.vectorize", "weaviate.meta"})
+# At most this many failed images or invalid fields are described in one error message.
+_MAX_DESCRIBED = 5
+# Each image becomes a data URI so it takes the same road as any other in-request image
+# (byte and pixel limits, allowed formats, batching, error codes). The decoder sniffs the
+# bytes, so the declared type is only there to make a data URI: a JPEG works as well.
+_DATA_URI_HEADER = "data:image/png;base64,"
+# The data URI is ours, so the only way it can be invalid is its base64; say so in Weaviate's terms.
+_MESSAGES = {"invalid_url": "the image is not valid base64"}
+
+bp = Blueprint("weaviate", __name__, description=(
+    "Weaviate's multi2vec-clip inference API (served with CLIP_WEAVIATE=true): point CLIP_INFERENCE_API "
+    "or a collection's inferenceUrl here. Errors answer {\"error\": \"<message>\"}."))
+# Weaviate before 1.26 sends the body with no Content-Type.
+bp.ARGUMENTS_PARSER = JsonBodyParser(json_without_content_type=True)
+
+
+def register(app: Flask, api: Api) -> None:
+    """Serve the routes, answer their errors in Weaviate's shape, and document both."""
+    add_error_response(api, ERROR_RESPONSE, WeaviateErrorSchema, "An error, in Weaviate's shape.")
+    for path in PATHS:
+        app.extensions["clip_error_renderers"].add(path, render_weaviate)
+    api.register_blueprint(bp)
+    if app.config["CLIP"].weaviate_public:
+        log.warning("CLIP_WEAVIATE_PUBLIC is on: /vectorize and /meta answer without an API key; "
+                    "keep this service on a private network")
+
+
+# --- schemas -------------------------------------------------------------------------------------
+
+class VectorizeRequestSchema(Schema):
+    """Weaviate's ``vecRequest``: either list may be absent (1.26 and later) or null (before)."""
+
+    class Meta:
+        # As the reference container (pydantic) does: a field a later Weaviate adds is ignored,
+        # and Weaviate checks the counts of what comes back.
+        unknown = EXCLUDE
+
+    texts = LimitedList(
+        LimitedString(max_chars="max_text_chars"), max_items="max_texts", load_default=list, allow_none=True,
+        metadata={"description": "Texts to embed, in order (at most CLIP_MAX_TEXTS, each at most "
+                                 "CLIP_MAX_TEXT_CHARS characters; longer than 77 tokens they are truncated as "
+                                 "CLIP does)."})
+    images = LimitedList(
+        fields.String(metadata={"description": "One image file, base64-encoded, no data: prefix."}),
+        max_items="max_urls", load_default=list, allow_none=True,
+        metadata={"description": "Images to embed, in order (at most CLIP_MAX_URLS): JPEG, PNG, WebP, GIF or "
+                                 "BMP of at most CLIP_FETCH_MAX_BYTES bytes and CLIP_MAX_IMAGE_PIXELS pixels."})
+
+    @post_load
+    def _null_is_empty(self, data, **_):
+        return {"texts": data.get("texts") or [], "images": data.get("images") or []}
+
+
+class VectorizeResponseSchema(Schema):
+    """Weaviate's ``vecResponse`` on success: one L2-normalised vector per input, in order ([] for none)."""
+
+    text_vectors = fields.List(fields.List(fields.Float()), required=True, data_key="textVectors")
+    image_vectors = fields.List(fields.List(fields.Float()), required=True, data_key="imageVectors")
+
+
+class MetaSchema(Schema):
+    """The model: the keys the reference container answers for an open_clip model, and the vector length."""
+
+    model_name = fields.String(required=True, metadata={"description": "open_clip model name."})
+    pretrained = fields.String(required=True, metadata={"description": "Pretrained tag or checkpoint file name."})
+    dimensions = fields.Integer(required=True, metadata={"description": "Length of every vector."})
+
+
+class WeaviateErrorSchema(Schema):
+    error = fields.String(required=True, metadata={"description": "What went wrong (Weaviate shows it)."})
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+def render_weaviate(error: ApiError) -> Response:
+    """``error`` as ``{"error": "<message>"}``, field errors spelled out in the message."""
+    message = error.message
+    if error.errors:
+        message = "the request is not valid: " + "; ".join(_field_messages(error.errors))
+    return json_response({"error": message}, status=error.status, headers=error.headers)
+
+
+def _field_messages(errors: dict, path: str = "") -> list[str]:
+    found: list[str] = []
+    for key, value in errors.items():
+        if key == "_schema":
+            name = path or "body"
+        elif isinstance(key, int) or str(key).isdigit():
+            name = f"{path}[{key}]"
+        else:
+            name = f"{path}.{key}" if path else str(key)
+        if isinstance(value, dict):
+            found.extend(_field_messages(value, name))
+        else:
+            found.append(f"{name}: {' '.join(map(str, value)) if isinstance(value, list) else value}")
+    if not path and len(found) > _MAX_DESCRIBED:
+        found = found[:_MAX_DESCRIBED] + [f"and {len(found) - _MAX_DESCRIBED} more"]
+    return found
+
+
+def _image_failure(failures: list[ItemFailure]) -> ApiError:
+    parts = [f"images[{f.index}]: {_MESSAGES.get(f.error.code, f.error.message)} ({f.error.code})"
+             for f in failures[:_MAX_DESCRIBED]]
+    if len(failures) > _MAX_DESCRIBED:
+        parts.append(f"and {len(failures) - _MAX_DESCRIBED} more")
+    message = "could not use " + "; ".join(parts)
+    if all(f.error.code == "fetch_timeout" for f in failures):
+        # Only a busy worker times out on an image in the body: retrying may succeed.
+        return ApiError(503, message, headers={"Retry-After": "1"})
+    return ApiError(400, message)
+
+
+def _documents_errors(*statuses):
+    descriptions = {
+        400: "The body is not JSON, or an image could not be used (the message names images[i] and its code: "
+             "invalid_url for bad base64, not_an_image, unsupported_format, too_large, decode_failed).",
+        413: "The body is larger than CLIP_MAX_BODY_BYTES.",
+        415: "The Content-Type is neither absent nor application/json (UTF-8).",
+        422: "The JSON is not a valid request (too many texts or images, a text too long, a wrong type).",
+        503: "The model is not ready (ready), or the worker is too busy (vectorize).",
+    }
+
+    def decorate(view):
+        for status in statuses:
+            view = bp.alt_response(status, schema=WeaviateErrorSchema, description=descriptions[status])(view)
+        # Answers not listed are in Weaviate's shape too, not the service's envelope.
+        return bp.doc(responses={"default": ERROR_RESPONSE})(view)
+
+    return decorate
+
+
+# --- views ---------------------------------------------------------------------------------------
+
+@bp.route("/vectorize", methods=["POST"])
+@bp.arguments(VectorizeRequestSchema)
+@bp.response(200, VectorizeResponseSchema)
+@_documents_errors(400, 413, 415, 422, 503)
+def vectorize(body):
+    """Embed texts and base64 images; all or nothing, as Weaviate cannot take a partial answer.
+
+    A body with neither answers empty lists, as the reference container does
+    (Weaviate itself never sends one).
+    """
+    sources = [_DATA_URI_HEADER + image for image in body["images"]]
+    texts, images = current.pipeline().embed_mixed(body["texts"], sources, all_or_none=True)
+    if images.failures:
+        raise _image_failure(images.failures)
+    return json_response({"textVectors": texts.vectors, "imageVectors": images.vectors})
+
+
+@bp.route("/meta", methods=["GET"])
+@bp.response(200, MetaSchema)
+@_documents_errors()
+def meta():
+    """Describe the model (Weaviate shows this under its own /v1/meta)."""
+    info = current.pipeline().info
+    return json_response({"model_name": info.model, "pretrained": info.pretrained, "dimensions": info.dimensions})
+
+
+@bp.route("/.well-known/live", methods=["GET"])
+@bp.response(204)
+@_documents_errors()
+def live():
+    """Liveness: the process answers HTTP (no model work)."""
+    return Response(status=204)
+
+
+@bp.route("/.well-known/ready", methods=["GET"])
+@bp.response(204)
+@_documents_errors(503)
+def ready():
+    """Readiness, cheap (Weaviate allows 500 ms): loaded, warmed up, and the last readiness inference did not fail."""
+    if not current.readiness().healthy():
+        raise ApiError(503, "the model is not ready: its warm-up or the last readiness inference failed "
+                            "(see /health)")
+    return Response(status=204)

@@ -95,6 +95,14 @@ def test_the_readme_is_short():
     assert len(lines) <= MAX_README_LINES, f"README.md has {len(lines)} lines; move detail to docs/"
 
 
+def test_the_set_up_commands_come_first():
+    text = README.read_text(encoding="utf-8")
+    setup = text[text.index("## Set-up"):text.index("\n## ", text.index("## Set-up") + 1)]
+    for command in ("pip install -r requirements.txt && gunicorn wsgi:app",
+                    "pip install -r requirements-test.txt && python -m pytest"):
+        assert f"python3 -m venv .venv && . .venv/bin/activate && {command}\n" in setup
+
+
 def test_every_setting_is_in_the_environment_table_with_its_true_default():
     rows = {row[0]: row for row in table_headed(README, "Variable")}
     for name, f in env_names().items():

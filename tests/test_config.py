@@ -2,7 +2,7 @@
 
 import pytest
 
-from clip_service.config import ConfigError, Settings, documented_settings
+from clip_service.config import ConfigError, Settings
 
 
 def test_defaults_are_the_real_model():
@@ -31,12 +31,3 @@ def test_environment_overrides_defaults():
 def test_bad_values_are_refused_by_name(env, name):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env(env)
-
-
-def test_every_setting_is_documented_in_the_readme():
-    from pathlib import Path
-
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for env_name, default, doc in documented_settings():
-        assert doc, env_name
-        assert f"`{env_name}`" in readme, f"{env_name} is missing from the README"

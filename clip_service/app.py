@@ -7,6 +7,9 @@ from typing import Any, Mapping
 
 from flask import Flask
 
+from .cache.keys import CacheKeys, WeightsIdentityInBackground
+from .cache.redis_tier import RedisTier
+from .cache.vectors import VectorCache
 from .config import Settings
 from .images.fetcher import FetchLimits, ImageFetcher
 from .model.embedder import ClipEmbedder
@@ -40,6 +43,9 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
     if not app.testing:
         configure_logging(settings.log_level)
 
+    caching = bool(settings.cache_mb or settings.cache_redis_url)
+    weights = WeightsIdentityInBackground(settings.pretrained if embedder is None else embedder.pretrained) \
+        if caching else None
     if embedder is None:
         embedder = ClipEmbedder.load(settings.model_name, settings.pretrained, settings.device,
                                      cache_dir=settings.cache_dir, max_batch=settings.max_batch,
@@ -49,8 +55,9 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
     if fetcher is None:
         fetcher = _fetcher(settings, embedder)
     app.extensions["clip_embedder"] = embedder
-    app.extensions["clip_pipeline"] = EmbeddingPipeline(embedder, fetcher,
-                                                        label_cache_bytes=settings.label_cache_mb << 20)
+    app.extensions["clip_pipeline"] = EmbeddingPipeline(
+        embedder, fetcher, cache=_cache(settings, embedder, fetcher, weights),
+        label_cache_bytes=settings.label_cache_mb << 20)
     app.extensions["clip_readiness"] = Readiness(embedder, ttl=settings.ready_cache_seconds,
                                                  timeout=settings.ready_timeout)
 
@@ -92,6 +99,19 @@ def _require_api_keys(app: Flask, settings: Settings) -> None:
     app.extensions["clip_api_keys"] = gate
     app.before_request(gate.check)
     warn_if_open(gate)
+
+
+def _cache(settings: Settings, embedder: ClipEmbedder, fetcher: ImageFetcher,
+           weights: WeightsIdentityInBackground | None) -> VectorCache | None:
+    if weights is None:
+        return None
+    # A checkpoint file is known by its bytes, so a replaced file never serves old vectors.
+    keys = CacheKeys(model_name=embedder.model_name, weights=weights.result(),
+                     device=embedder.device, prepacked=bool(embedder.prepacked_blocks),
+                     preprocess=repr(embedder.preprocess), draft_size=fetcher.draft_size)
+    redis = RedisTier(settings.cache_redis_url, dimensions=embedder.dimensions, timeout=settings.cache_redis_timeout,
+                      ttl=settings.cache_ttl_seconds) if settings.cache_redis_url else None
+    return VectorCache(keys, max_bytes=settings.cache_mb << 20, redis=redis)
 
 
 def _fetcher(settings: Settings, embedder: ClipEmbedder) -> ImageFetcher:

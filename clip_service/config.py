@@ -66,6 +66,15 @@ class Settings:
     label_cache_mb: int = _setting(32, doc="MiB of ensembled label vectors kept per worker (a 512-d vector is "
                                            "2 KiB: 32 MiB holds about 16,000); 0 keeps none", minimum=0)
 
+    # --- the vector cache (cache/) ---------------------------------------------
+    cache_mb: int = _setting(64, doc="MiB of vectors kept per worker in memory (a 512-d vector and its key take "
+                                     "about 2.2 KiB: 64 MiB holds about 29,000); 0 turns the cache off", minimum=0)
+    cache_redis_url: str = _setting("", doc="a Redis shared by every instance (redis://host:6379/0, e.g. "
+                                            "Memorystore); empty: memory only")
+    cache_redis_timeout: float = _setting(0.05, doc="seconds a Redis call may take before it counts as a miss")
+    cache_ttl_seconds: int = _setting(604_800, doc="how long Redis keeps a vector (7 days); 0 keeps it until "
+                                                   "Redis evicts it", minimum=0)
+
     # --- image fetching ----------------------------------------------------
     fetch_connect_timeout: float = _setting(3.0, doc="seconds to open a connection to an image host")
     fetch_read_timeout: float = _setting(10.0, doc="seconds to wait for each read from an image host")

@@ -18,7 +18,9 @@ from typing import BinaryIO, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from .cache.keys import CacheKeys
 from .cache.memory import LruCache
+from .cache.vectors import VectorCache
 from .images.errors import ItemError
 from .images.fetcher import ImageFetcher
 from .images.sources import describe
@@ -104,9 +106,13 @@ class ModelInfo:
 class EmbeddingPipeline:
     """Texts and image sources in, unit vectors and per-item errors out."""
 
-    def __init__(self, embedder: ClipEmbedder, fetcher: ImageFetcher, *, label_cache_bytes: int = 32 << 20):
+    def __init__(self, embedder: ClipEmbedder, fetcher: ImageFetcher, *, cache: VectorCache | None = None,
+                 label_cache_bytes: int = 32 << 20):
         self.embedder = embedder
         self.fetcher = fetcher
+        # Vectors by what made them and their content (cache/); without one, keys still
+        # tell identical items of one request apart, so each is embedded once.
+        self.cache = cache if cache is not None else VectorCache(process_keys(embedder), max_bytes=0)
         # Ensembled label vectors by (model, templates, label): the same labels sent
         # with every image cost one pass through the text tower.
         self.label_cache = LruCache(label_cache_bytes)
@@ -124,9 +130,25 @@ class EmbeddingPipeline:
         if not texts:
             return TextVectors(np.zeros((0, self.embedder.dimensions), dtype=np.float32), 0)
         tokens = self.embedder.tokenize(texts)
-        result = TextVectors(self.embedder.embed_tokens(tokens), token_count(tokens))
+        result = TextVectors(self._text_vectors(tokens), token_count(tokens))
         self._embedded("text", len(texts))
         return result
+
+    def _text_vectors(self, tokens: torch.Tensor) -> np.ndarray:
+        # Equal token ids give equal vectors: each distinct text is looked up, and embedded, once.
+        rows = tokens.numpy()
+        keys = [self.cache.keys.text_key(row) for row in rows]
+        distinct = list(dict.fromkeys(keys))
+        known = dict(zip(distinct, self.cache.get_many("text", distinct) if self.cache.enabled
+                         else [None] * len(distinct)))
+        todo = [key for key, vector in known.items() if vector is None]
+        if todo:
+            first = {key: i for i, key in reversed(list(enumerate(keys)))}
+            fresh = self.embedder.embed_tokens(tokens[[first[key] for key in todo]])
+            known.update(zip(todo, fresh))
+            if self.cache.enabled:
+                self.cache.put_many(list(zip(todo, fresh)))
+        return np.stack([known[key] for key in keys])
 
     def embed_images(self, sources: Sequence[ImageSource], *, all_or_none: bool = False) -> ImageVectors:
         """Fetch and embed ``sources`` as one batch; a failed source's slot is None, with an ItemFailure.
@@ -139,10 +161,17 @@ class EmbeddingPipeline:
         good = [i for i, item in enumerate(fetched) if not isinstance(item, ItemError)]
         if all_or_none and len(good) < len(sources):
             good = []
+        known = {fetched[i].key: fetched[i].vector for i in good}
+        # Identical images (the same bytes, whatever their URLs) go through the model once.
+        todo = {fetched[i].key: fetched[i].pixels for i in good if known[fetched[i].key] is None}
+        if todo:
+            fresh = self.embedder.embed_pixels(torch.stack(list(todo.values())))
+            known.update(zip(todo, fresh))
+            if self.cache.enabled:
+                self.cache.put_many(list(zip(todo, fresh)))
         vectors: list[np.ndarray | None] = [None] * len(sources)
-        if good:
-            for i, vector in zip(good, self.embedder.embed_pixels(torch.stack([fetched[i] for i in good]))):
-                vectors[i] = vector
+        for i in good:
+            vectors[i] = known[fetched[i].key]
         self._embedded("image", len(good))
         failures = [ItemFailure(i, _name(source, i), item)
                     for i, (source, item) in enumerate(zip(sources, fetched)) if isinstance(item, ItemError)]
@@ -207,14 +236,36 @@ class EmbeddingPipeline:
             probabilities[good] = softmax(cosines[good], self.embedder.logit_scale)
         return Ranking(cosines, probabilities, failures)
 
-    def _model_input(self, data: bytes) -> torch.Tensor:
-        # Runs in the download thread: the decoded image is dropped as soon as
-        # it is preprocessed, so only the model-sized tensor waits for the batch.
-        return self.embedder.preprocess_image(self.fetcher.decode(data))
+    def _model_input(self, data: bytes) -> "_Prepared":
+        # Runs in the download thread: a cached vector needs no decoding at all, and
+        # a decoded image is dropped as soon as it is preprocessed, so only the
+        # model-sized tensor waits for the batch.
+        key = self.cache.keys.image_key(data)
+        if self.cache.enabled:
+            (vector,) = self.cache.get_many("image", [key])
+            if vector is not None:
+                return _Prepared(key, vector=vector)
+        return _Prepared(key, pixels=self.embedder.preprocess_image(self.fetcher.decode(data)))
 
     def _embedded(self, modality: str, count: int) -> None:
         if self.on_embedded is not None:
             self.on_embedded(modality, count)
+
+
+@dataclass
+class _Prepared:
+    """One fetched image: its cache key, and its cached vector or its model input."""
+
+    key: bytes
+    vector: np.ndarray | None = None
+    pixels: torch.Tensor | None = None
+
+
+def process_keys(embedder: ClipEmbedder, draft_size: int | None = None) -> CacheKeys:
+    """Keys for this process only (no weights digest): enough to find a request's duplicates."""
+    return CacheKeys(model_name=embedder.model_name, weights="(this process)", device=embedder.device,
+                     prepacked=bool(embedder.prepacked_blocks), preprocess=repr(embedder.preprocess),
+                     draft_size=draft_size)
 
 
 def _name(source: ImageSource, index: int) -> str:

@@ -38,6 +38,11 @@ MODEL_LOAD_SECONDS = Gauge("clip_model_load_seconds", "Seconds taken to load the
 FETCH_BYTES = Counter("clip_fetch_bytes_total", "Image bytes downloaded.")
 FETCH_SECONDS = Histogram("clip_fetch_duration_seconds", "Time to fetch and decode one image.",
                           buckets=_LATENCY_BUCKETS)
+CACHE_REQUESTS = Counter("clip_cache_requests_total", "Vector cache lookups by modality, tier and result.",
+                         ["modality", "tier", "result"])
+CACHE_BYTES = Gauge("clip_cache_bytes", "Bytes held by the in-process vector caches.", multiprocess_mode="livesum")
+CACHE_EVICTIONS = Counter("clip_cache_evictions_total", "Vectors evicted from the in-process cache.")
+CACHE_ERRORS = Counter("clip_cache_redis_errors_total", "Redis calls that failed or timed out (each a miss).")
 AUTH_FAILURES = Counter("clip_auth_failures_total", "Requests refused for a missing or wrong API key.", ["reason"])
 REQUESTS_BY_KEY = Counter("clip_requests_by_key_total",
                           "Requests by API key id (only while /metrics itself needs a key).", ["key_id"])

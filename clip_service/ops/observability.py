@@ -37,6 +37,20 @@ def record_fetched(nbytes: int, seconds: float) -> None:
     metrics.FETCH_SECONDS.observe(seconds)
 
 
+def record_cache_lookup(modality: str, tier: str, result: str, n: int) -> None:
+    """Cache callback: ``n`` lookups of ``modality`` in ``tier`` ended as ``result`` (hit or miss)."""
+    metrics.CACHE_REQUESTS.labels(modality, tier, result).inc(n)
+    if result == "hit":
+        request_context.count_cache_hits(modality, n)
+
+
+def record_cache_size(held: int, evicted: int) -> None:
+    """Cache callback: the in-process tier holds ``held`` bytes after evicting ``evicted`` vectors."""
+    metrics.CACHE_BYTES.set(held)
+    if evicted:
+        metrics.CACHE_EVICTIONS.inc(evicted)
+
+
 def record_item_failures(codes) -> None:
     for code in codes:
         metrics.ITEM_FAILURES.labels(code).inc()
@@ -63,7 +77,7 @@ def _finish(response: Response) -> Response:
     if endpoint not in _QUIET_ENDPOINTS or response.status_code >= 400:
         log.info("%s %s %s", request.method, endpoint, response.status_code, extra={
             "endpoint": endpoint, "method": request.method, "status": response.status_code,
-            "items": dict(info.items), "failures": dict(info.failures),
+            "items": dict(info.items), "failures": dict(info.failures), "cache_hits": dict(info.cache_hits),
             "latency_ms": round(latency * 1000, 1), **({"key_id": info.key_id} if info.key_id else {})})
     return response
 
@@ -82,5 +96,11 @@ def init_app(app: Flask) -> None:
     pipeline.on_failures = record_item_failures
     pipeline.fetcher.on_fetched = record_fetched
     pipeline.embedder.on_batch = record_batch
+    cache = pipeline.cache
+    cache.on_lookup = record_cache_lookup
+    if cache.memory is not None:
+        cache.memory.on_change = record_cache_size
+    if cache.redis is not None:
+        cache.redis.on_error = metrics.CACHE_ERRORS.inc
     if pipeline.embedder.load_seconds is not None:
         metrics.MODEL_LOAD_SECONDS.set(pipeline.embedder.load_seconds)

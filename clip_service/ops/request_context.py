@@ -24,6 +24,7 @@ class RequestInfo:
     key_id: str | None = None  # which API key called (a short digest, never the key)
     items: Counter = field(default_factory=Counter)
     failures: Counter = field(default_factory=Counter)
+    cache_hits: Counter = field(default_factory=Counter)
 
 
 # Cloud Logging's keys for the trace and span of a log line.
@@ -67,6 +68,12 @@ def count_items(modality: str, n: int) -> None:
     info = _current.get()
     if info is not None and n:
         info.items[modality] += n
+
+
+def count_cache_hits(modality: str, n: int) -> None:
+    info = _current.get()
+    if info is not None and n:
+        info.cache_hits[modality] += n
 
 
 def count_failure(code: str) -> None:

@@ -61,8 +61,9 @@ class Settings:
     max_labels: int = _setting(1000, doc="most candidate labels in one /classify request")
     max_templates: int = _setting(100, doc="most prompt templates in one /classify request's list")
     max_label_chars: int = _setting(300, doc="most characters in one label or template")
-    max_label_texts: int = _setting(10_000, doc="most labels x templates in one /classify request (each is a "
-                                                "text through the model unless its label vector is cached)")
+    max_label_texts: int = _setting(5_000, doc="most labels x templates in one /classify request (each is a text "
+                                               "through the model unless its label vector is cached; 5,000 take "
+                                               "about 35 s on 2 vCPU, within a 60 s request timeout)")
     label_cache_mb: int = _setting(32, doc="MiB of ensembled label vectors kept per worker (a 512-d vector is "
                                            "2 KiB: 32 MiB holds about 16,000); 0 keeps none", minimum=0)
 

@@ -81,10 +81,20 @@ class RequestScanner:
         elif len(self.buf) >= self.head_end + self.content_length:
             self.end = self.head_end + self.content_length
 
-    def take(self) -> tuple[bytes, bytes]:
-        """(this request's bytes, the bytes after it); call once ``ready``."""
+    def remaining(self) -> int:
+        """Bytes of a body of known length still to come (0 when unknown)."""
+        if self.head_end is None or self.content_length is None or self.end is not None:
+            return 0
+        return self.head_end + self.content_length - len(self.buf)
+
+    def take(self) -> tuple[bytearray, bytes]:
+        """(this request's bytes, the bytes after it), letting go of the buffer; call once ``ready``."""
         assert self.end is not None
-        return bytes(self.buf[:self.end]), bytes(self.buf[self.end:])
+        request, self.buf = self.buf, bytearray()
+        with memoryview(request) as view:
+            rest = bytes(view[self.end:])
+        del request[self.end:]  # in place: a 32 MiB body is not copied again
+        return request, rest
 
     def _find_head(self, searched: int) -> None:
         buf = self.buf

@@ -45,7 +45,7 @@ PROBE_THREADS = 2  # a readiness probe may wait on the model for up to CLIP_READ
 # and bounds a flood's memory at CLIP_MAX_CONNECTIONS x 64 KiB per worker.
 MAX_HEAD = 64 * 1024
 _TICK = 0.25  # seconds between deadline sweeps: how late past its deadline a connection may close
-_READ_SIZE = 256 * 1024
+_READ_SIZE, _BODY_READ_SIZE = 64 * 1024, 1024 * 1024  # the latter as Gunicorn's SocketUnreader
 _FD_HEADROOM = 256  # descriptors left for the app's own files and image-fetch sockets
 _LINGER_SECONDS, _LINGER_BYTES = 2.0, 64 * 1024  # as gunicorn.util.close_graceful
 
@@ -153,7 +153,7 @@ class BufferingWorker(ThreadWorker):
 
     def _on_readable(self, conn: _Conn, _sock):
         try:
-            data = conn.sock.recv(_READ_SIZE)
+            data = conn.sock.recv(min(_BODY_READ_SIZE, max(_READ_SIZE, conn.scanner.remaining())))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -194,13 +194,13 @@ class BufferingWorker(ThreadWorker):
         """Give a request that has all arrived to a thread, or answer a liveness probe right here."""
         self._unwatch(conn)
         scan = conn.scanner
+        liveness = scan.path == LIVENESS and scan.method in (b"GET", b"HEAD") and not scan.body_received()
         request, conn.rest = scan.take()
         conn.used = True
-        if scan.path == LIVENESS and scan.method in (b"GET", b"HEAD") and not scan.truncated \
-                and not scan.body_received():
+        if liveness and not scan.truncated:
             self._answer(conn, scan, *self.liveness)
             return
-        conn.parser = RequestParser(self.cfg, [request], conn.client)  # reads this buffer, never the socket
+        conn.parser = RequestParser(self.cfg, _pieces(request), conn.client)  # this buffer, never the socket
         conn.data_ready = True  # the base class must not wait for the socket to be readable
         pool = self.probe_pool if scan.path in PROBES else self.tpool
         future = pool.submit(self.handle, conn)
@@ -233,7 +233,8 @@ class BufferingWorker(ThreadWorker):
         except OSError:  # the thread closed the socket itself
             keep = False
         # Bytes Gunicorn left unread mean it framed the request otherwise than we did: do not guess.
-        unread = conn.parser.unreader.buf.getvalue()
+        unreader = conn.parser.unreader
+        unread = unreader.buf.getvalue() or next(unreader.iter or iter(()), b"")
         if keep and not conn.scanner.truncated and not unread:
             self._wait_for_request(conn, conn.rest)
         else:
@@ -375,6 +376,14 @@ class BufferingWorker(ThreadWorker):
                 self.poller.unregister(conn.sock)
             except (KeyError, ValueError, OSError):
                 pass
+
+
+def _pieces(request: bytearray, size: int = _BODY_READ_SIZE):
+    """The request in pieces no bigger than a socket read of Gunicorn's: its unreader copies
+    whatever it holds on every read, so one 32 MiB piece would be copied hundreds of times."""
+    with memoryview(request) as view:
+        for start in range(0, len(request), size):
+            yield bytes(view[start:start + size])
 
 
 def _peer(client) -> str:

@@ -5,7 +5,7 @@ a flood of misbehaving connections and checks that, while they are open, a
 normal request and the probes are answered in time; that the server closes
 each of them once its deadline has passed (not before, and not much after);
 and that afterwards the worker holds no more threads or descriptors than before.
-(With GUNICORN_CMD_ARGS="--worker-class gthread", Gunicorn's own worker fails six of them.)
+(With GUNICORN_CMD_ARGS="--worker-class gthread", Gunicorn's own worker fails the six floods.)
 """
 
 from __future__ import annotations
@@ -307,3 +307,50 @@ def test_probes_answer_while_every_thread_waits_on_a_slow_image_host(server, slo
             took, response = elapsed(lambda: requests.get(server.base + path, timeout=10))
             assert response.status_code == 200 and took < 1.0, (path, took)
         assert all(image.result().status_code == 200 for image in images)
+
+
+def read_responses(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """``count`` responses with Content-Length from a blocking socket: (status, body) each."""
+    buf, responses = b"", []
+    while len(responses) < count:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            assert chunk, "closed early"
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        declared = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+        length = int(declared.group(1)) if declared else 0  # a 100 Continue has no body
+        while len(buf) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "closed early"
+            buf += chunk
+        responses.append((int(head.split(b" ", 2)[1]), buf[:length]))
+        buf = buf[length:]
+    return responses
+
+
+@pytest.mark.timeout(60)
+def test_pipelined_requests_are_answered_in_order(server):
+    text = json.dumps({"texts": ["a cat"]}).encode()
+    post = (b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(text), text))
+    live = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(live + post + live + b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n" + live)
+        statuses = [status for status, _ in read_responses(sock, 5)]
+    assert statuses == [200, 200, 200, 404, 200]
+
+
+@pytest.mark.timeout(60)
+def test_expect_100_continue_gets_one_interim_answer_then_the_response(server):
+    text = json.dumps({"texts": ["a cat"]}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /embed/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(text))
+        assert read_responses(sock, 1) == [(100, b"")]
+        sock.sendall(text)
+        (status, body), = read_responses(sock, 1)
+        assert status == 200 and len(json.loads(body)["embeddings"]) == 1
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # nothing more: no second 100 Continue

@@ -152,13 +152,15 @@ class BufferingWorker(ThreadWorker):
             self.method_queue.defer(self._advance, conn)
 
     def _on_readable(self, conn: _Conn, _sock):
+        lingering = conn.linger_until is not None
+        size = _READ_SIZE if lingering else min(_BODY_READ_SIZE, max(_READ_SIZE, conn.scanner.remaining()))
         try:
-            data = conn.sock.recv(min(_BODY_READ_SIZE, max(_READ_SIZE, conn.scanner.remaining())))
+            data = conn.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""  # reset by the client
-        if conn.linger_until is not None:
+        if lingering:
             conn.drained += len(data)
             if not data or conn.drained > _LINGER_BYTES:
                 self._close(conn)
@@ -235,6 +237,7 @@ class BufferingWorker(ThreadWorker):
         # Bytes Gunicorn left unread mean it framed the request otherwise than we did: do not guess.
         unreader = conn.parser.unreader
         unread = unreader.buf.getvalue() or next(unreader.iter or iter(()), b"")
+        conn.parser = None  # it holds the request's bytes, which no longer count against the budget
         if keep and not conn.scanner.truncated and not unread:
             self._wait_for_request(conn, conn.rest)
         else:
@@ -344,6 +347,7 @@ class BufferingWorker(ThreadWorker):
     def _linger(self, conn: _Conn):
         """Half-close, then read and discard what the client still sends, so no reset destroys our answer."""
         self._release(conn)
+        conn.scanner = None  # what arrived of the request is not needed any more
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:

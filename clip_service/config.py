@@ -79,7 +79,7 @@ class Settings:
     header_timeout: float = _setting(10.0, doc="seconds for a request line and headers to arrive, from "
                                                "their first byte (then 408); also the body's head start")
     body_min_rate: int = _setting(32 * 1024, doc="bytes/s a request body must average after that head "
-                                                 "start (then 408); 32 MiB takes at most 17 minutes")
+                                                 "start (then 408); 32 MiB may take up to 17 minutes")
     max_connections: int = _setting(1000, doc="open connections per worker; past it the stalest waiting "
                                               "one is dropped")
     max_buffered_bytes: int = _setting(256 * 1024 * 1024, doc="request bodies held in memory per worker, "

@@ -100,9 +100,11 @@ class BufferingWorker(ThreadWorker):
 
     def run(self):
         self._fit_descriptor_limit()
+        # The app's own answer, once: its body and headers (less the per-request ones) are constant.
         response = Client(self.wsgi).get(LIVENESS.decode())
         headers = b"".join(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
-                           for name, value in response.headers if name.lower() not in ("content-length", "x-request-id"))
+                           for name, value in response.headers
+                           if name.lower() not in ("content-length", "x-request-id"))
         self.liveness = (response.status.encode(), headers, response.get_data())
         self.probe_pool = futures.ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="probe")
         try:

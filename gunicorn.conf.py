@@ -46,9 +46,15 @@ bind = f"0.0.0.0:{settings.port}"
 # Load the model before forking so its weights are shared, not copied per worker.
 preload_app = True
 # Threads overlap image downloads with inference; processes give true parallelism.
-worker_class = "gthread"
+# gthread, except that a request reaches a thread only once it has all arrived, under
+# deadlines (CLIP_HEADER_TIMEOUT, CLIP_BODY_MIN_RATE): a slow or stalled client cannot
+# hold one, and probes are answered apart from requests (see the module's docstring).
+worker_class = "clip_service.ops.worker.BufferingWorker"
 workers = settings.workers
 threads = settings.threads
+# A flood of sockets cannot exhaust descriptors or memory: past this many per
+# worker, the stalest waiting connection is dropped (CLIP_MAX_CONNECTIONS).
+worker_connections = settings.max_connections
 # Kill a worker silent for this long (a wedged forward pass), not a slow request's socket.
 timeout = settings.timeout
 # Cloud Run sends SIGKILL 10 s after SIGTERM: finish in-flight requests before that.

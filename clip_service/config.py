@@ -113,6 +113,15 @@ class Settings:
     torch_threads: int = _setting(1, doc="torch intra-op threads per forward pass")
     workers: int = _setting(1, doc="Gunicorn worker processes")
     threads: int = _setting(8, doc="request threads per Gunicorn worker (gthread)")
+    # A request reaches a thread only once it has all arrived (clip_service/ops/worker.py).
+    header_timeout: float = _setting(10.0, doc="seconds for a request line and headers to arrive, from "
+                                               "their first byte (then 408); also the body's head start")
+    body_min_rate: int = _setting(32 * 1024, doc="bytes/s a request body must average after that head "
+                                                 "start (then 408); 32 MiB may take up to 17 minutes")
+    max_connections: int = _setting(1000, doc="open connections per worker; past it the stalest waiting "
+                                              "one is dropped")
+    max_buffered_bytes: int = _setting(256 * 1024 * 1024, doc="request bodies held in memory per worker, "
+                                       "arriving or in service; past it the stalest arriving one gets 503")
     timeout: int = _setting(60, doc="Gunicorn worker timeout (s) for a silent worker")
     graceful_timeout: int = _setting(8, doc="seconds in-flight requests get after SIGTERM")
     max_requests: int = _setting(2000, doc="a worker is recycled after about this many requests")
@@ -164,6 +173,8 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"CLIP_{name.upper()} is not valid: {exc}") from None
         self.api_key_list()  # a short key or an unreadable file refuses the start
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ConfigError("CLIP_MAX_BUFFERED_BYTES must be at least CLIP_MAX_BODY_BYTES")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
 

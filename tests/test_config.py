@@ -27,6 +27,8 @@ def test_environment_overrides_defaults():
     ({"CLIP_DEVICE": "tpu"}, "CLIP_DEVICE"),
     ({"CLIP_MAX_TEXTS": "0"}, "CLIP_MAX_TEXTS"),
     ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+    ({"CLIP_HEADER_TIMEOUT": "0"}, "CLIP_HEADER_TIMEOUT"),
+    ({"CLIP_MAX_BUFFERED_BYTES": "1000", "CLIP_MAX_BODY_BYTES": "2000"}, "CLIP_MAX_BUFFERED_BYTES"),
 ])
 def test_bad_values_are_refused_by_name(env, name):
     with pytest.raises(ConfigError, match=name):

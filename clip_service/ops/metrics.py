@@ -35,6 +35,8 @@ INFERENCE_SECONDS = Histogram("clip_inference_duration_seconds", "Model time per
                               ["modality"], buckets=_LATENCY_BUCKETS)
 MODEL_LOAD_SECONDS = Gauge("clip_model_load_seconds", "Seconds taken to load the model weights.",
                            multiprocess_mode="max")
+CONNECTIONS_DROPPED = Counter("clip_connections_dropped_total",
+                              "Connections closed before their request had all arrived, by reason.", ["reason"])
 FETCH_BYTES = Counter("clip_fetch_bytes_total", "Image bytes downloaded.")
 FETCH_SECONDS = Histogram("clip_fetch_duration_seconds", "Time to fetch and decode one image.",
                           buckets=_LATENCY_BUCKETS)

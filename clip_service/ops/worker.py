@@ -1,0 +1,396 @@
+"""A gthread worker whose event loop reads each request whole, so no thread ever waits on a client.
+
+Works around Gunicorn's gthread worker handing a connection to a thread at its
+first byte, the thread then blocking on the rest with no deadline
+(benoitc/gunicorn#3518; its fix, #3519, only sets aside connections that send
+nothing, after a thread has waited 5 s on each).
+
+Here the event loop reads every request into memory under deadlines
+(``CLIP_HEADER_TIMEOUT``, ``CLIP_BODY_MIN_RATE``; ``request_framing`` says when
+a request is whole), and only then does a thread take it: Gunicorn's own parser
+parses it from that buffer, never from the socket. The loop also bounds open
+connections and buffered bodies, dropping the stalest waiting connection first,
+answers ``GET /health/live`` itself with the app's own answer (taken once at
+start; constant for the process), and runs ``/health`` and ``/health/ready`` on
+threads of their own, so probes never queue behind requests.
+"""
+
+from __future__ import annotations
+
+import errno
+import resource
+import selectors
+import socket
+import sys
+import time
+from collections import OrderedDict
+from concurrent import futures
+from functools import partial
+from http import HTTPStatus
+
+import orjson
+from gunicorn import SERVER, util
+from gunicorn.http.parser import RequestParser
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
+from werkzeug.test import Client
+
+from ..config import Settings
+from . import metrics
+from .request_framing import RequestScanner
+
+LIVENESS = b"/health/live"  # answered by the event loop itself, so it answers whatever the threads do
+PROBES = (b"/health", b"/health/ready")  # on threads of their own, so they never queue behind requests
+PROBE_THREADS = 2  # a readiness probe may wait on the model for up to CLIP_READY_TIMEOUT
+# Gunicorn's own limits allow ~800 KiB of headers; 64 KiB is more than any client of this API sends
+# and bounds a flood's memory at CLIP_MAX_CONNECTIONS x 64 KiB per worker.
+MAX_HEAD = 64 * 1024
+_TICK = 0.25  # seconds between deadline sweeps: how late past its deadline a connection may close
+_READ_SIZE, _BODY_READ_SIZE = 64 * 1024, 1024 * 1024  # the latter as Gunicorn's SocketUnreader
+_FD_HEADROOM = 256  # descriptors left for the app's own files and image-fetch sockets
+_LINGER_SECONDS, _LINGER_BYTES = 2.0, 64 * 1024  # as gunicorn.util.close_graceful
+
+
+class _Conn(TConn):
+    """A client connection and how far its current request has come."""
+
+    def __init__(self, cfg, sock, client, server):
+        super().__init__(cfg, sock, client, server)
+        self.scanner: RequestScanner | None = None
+        self.rest = b""  # bytes after the request in a thread: the start of the next one
+        self.used = False
+        self.idle_until = 0.0
+        self.head_started: float | None = None
+        self.body_started: float | None = None
+        self.continued = False
+        self.reserved = 0  # body bytes counted against CLIP_MAX_BUFFERED_BYTES
+        self.linger_until: float | None = None  # closing: drain what the client still sends until then
+        self.drained = 0
+        self.watched = self.closed = False
+
+
+def _error(status: int, message: str, headers: bytes = b"") -> bytes:
+    """The service's error envelope (as clip_service.web.errors builds it), closing the connection."""
+    phrase = HTTPStatus(status).phrase
+    body = orjson.dumps({"code": status, "status": phrase, "message": message, "errors": {}})
+    return (b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            b"%sContent-Length: %d\r\n\r\n%s" % (status, phrase.encode(), SERVER.encode(), util.http_date().encode(),
+                                                 headers, len(body), body))
+
+
+class BufferingWorker(ThreadWorker):
+    """gthread, except that a thread only ever gets a request that has all arrived."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.settings = Settings.from_env()
+        self.max_conns = self.cfg.worker_connections
+        # The base class stops accepting at worker_connections; this one drops its
+        # stalest waiting connection instead, so a probe can always get in.
+        self.worker_connections = sys.maxsize
+        self.waiting: OrderedDict[_Conn, None] = OrderedDict()  # in the event loop, stalest first
+        self.buffered = 0
+        self.liveness: tuple[bytes, bytes, bytes] | None = None  # status, headers, body
+        self.probe_pool: futures.ThreadPoolExecutor | None = None
+        self._next_sweep = 0.0
+
+    @classmethod
+    def check_config(cls, cfg, log):
+        if cfg.is_ssl or cfg.http2_cleartext != "off":
+            raise RuntimeError(f"{cls.__name__} serves plain HTTP/1.x: terminate TLS and HTTP/2 in front of it")
+
+    def run(self):
+        self._fit_descriptor_limit()
+        # The app's own answer, once: its body and headers (less the per-request ones) are constant.
+        response = Client(self.wsgi).get(LIVENESS.decode())
+        headers = b"".join(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+                           for name, value in response.headers
+                           if name.lower() not in ("content-length", "x-request-id"))
+        self.liveness = (response.status.encode(), headers, response.get_data())
+        self.probe_pool = futures.ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="probe")
+        try:
+            super().run()
+        finally:
+            self.probe_pool.shutdown(wait=False)
+
+    def _fit_descriptor_limit(self):
+        """Raise the descriptor limit to fit the connection cap, or lower the cap to fit the limit."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.max_conns + _FD_HEADROOM
+        if soft == resource.RLIM_INFINITY or soft >= want:
+            return
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if soft < want:
+            self.max_conns = max(soft - _FD_HEADROOM, 16)
+            self.log.warning("descriptor limit %d: at most %d connections per worker", soft, self.max_conns)
+
+    # --- the event loop ----------------------------------------------------
+
+    def accept(self, listener):
+        try:
+            sock, client = listener.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._evict_stalest()  # out of descriptors: make room for the next one
+            elif exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED):
+                raise
+            return
+        self.nr_conns += 1
+        conn = _Conn(self.cfg, sock, client, listener.getsockname())
+        if self.nr_conns > self.max_conns and not self._evict_stalest():
+            self._close(conn)  # every other connection is in a thread: refuse this one
+            return
+        self._wait_for_request(conn, b"")
+
+    def _wait_for_request(self, conn: _Conn, data: bytes):
+        conn.scanner = RequestScanner(MAX_HEAD, self.settings.max_body_bytes)
+        conn.head_started = conn.body_started = None
+        conn.continued = False
+        idle = self.cfg.keepalive or self.settings.header_timeout
+        conn.idle_until = time.monotonic() + (idle if self.alive else min(idle, STOP_KEEPALIVE_LINGER))
+        self._watch(conn)
+        if data:  # pipelined: looked at from the loop, not from here, so a long pipeline cannot recurse
+            conn.scanner.feed(data)
+            self.method_queue.defer(self._advance, conn)
+
+    def _on_readable(self, conn: _Conn, _sock):
+        lingering = conn.linger_until is not None
+        size = _READ_SIZE if lingering else min(_BODY_READ_SIZE, max(_READ_SIZE, conn.scanner.remaining()))
+        try:
+            data = conn.sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # reset by the client
+        if lingering:
+            conn.drained += len(data)
+            if not data or conn.drained > _LINGER_BYTES:
+                self._close(conn)
+        elif not data:
+            self._close(conn)  # the client closed its side before finishing a request
+        else:
+            self.waiting.move_to_end(conn)
+            conn.scanner.feed(data)
+            self._advance(conn)
+
+    def _advance(self, conn: _Conn):
+        if not conn.watched or conn.linger_until is not None:
+            return  # dropped meanwhile
+        scan, now = conn.scanner, time.monotonic()
+        if conn.head_started is None:
+            conn.head_started = now
+        if scan.too_large:
+            self._drop(conn, "head_too_large", 431, f"the request head is larger than {MAX_HEAD} bytes")
+            return
+        if scan.head_end is None:
+            return
+        if conn.body_started is None:
+            conn.body_started = now
+        if scan.body_bytes > conn.reserved and not self._reserve(conn, scan.body_bytes - conn.reserved):
+            return
+        if scan.ready:
+            self._dispatch(conn)
+        elif scan.expects_continue and not conn.continued:
+            conn.continued = True  # only once the body has room
+            self._send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _dispatch(self, conn: _Conn):
+        """Give a request that has all arrived to a thread, or answer a liveness probe right here."""
+        self._unwatch(conn)
+        scan = conn.scanner
+        liveness = scan.path == LIVENESS and scan.method in (b"GET", b"HEAD") and not scan.body_received()
+        request, conn.rest = scan.take()
+        conn.used = True
+        if liveness and not scan.truncated:
+            self._answer(conn, scan, *self.liveness)
+            return
+        conn.parser = RequestParser(self.cfg, _pieces(request), conn.client)  # this buffer, never the socket
+        conn.data_ready = True  # the base class must not wait for the socket to be readable
+        pool = self.probe_pool if scan.path in PROBES else self.tpool
+        future = pool.submit(self.handle, conn)
+        future.add_done_callback(partial(self._thread_done, conn))
+
+    def _thread_done(self, conn: _Conn, future):
+        self.method_queue.defer(self.finish_request, conn, future)
+
+    def _answer(self, conn: _Conn, scan: RequestScanner, status: bytes, headers: bytes, body: bytes):
+        metrics.REQUESTS.labels(LIVENESS.decode(), status.split(b" ", 1)[0].decode()).inc()
+        close = scan.closes or not self.alive
+        version = scan.version if scan.version in (b"HTTP/1.0", b"HTTP/1.1") else b"HTTP/1.1"
+        head = b"%s %s\r\nServer: %s\r\nDate: %s\r\nConnection: %s\r\n%sContent-Length: %d\r\n\r\n" % (
+            version, status, SERVER.encode(), util.http_date().encode(), b"close" if close else b"keep-alive",
+            headers, len(body))
+        if self._send(conn, head + (b"" if scan.method == b"HEAD" else body)) and not close:
+            self._wait_for_request(conn, conn.rest)
+        else:
+            self._linger(conn)
+
+    def finish_request(self, conn: _Conn, fs):
+        """A thread is done with ``conn`` (runs in the event loop): wait for its next request, or close."""
+        self._release(conn)
+        try:
+            keep = bool(fs.result())
+        except Exception:  # an error the thread did not catch
+            keep = False
+        try:
+            conn.sock.setblocking(False)
+        except OSError:  # the thread closed the socket itself
+            keep = False
+        # Bytes Gunicorn left unread mean it framed the request otherwise than we did: do not guess.
+        unreader = conn.parser.unreader
+        unread = unreader.buf.getvalue() or next(unreader.iter or iter(()), b"")
+        conn.parser = None  # it holds the request's bytes, which no longer count against the budget
+        if keep and not conn.scanner.truncated and not unread:
+            self._wait_for_request(conn, conn.rest)
+        else:
+            self._linger(conn)
+
+    def handle_request(self, req, conn):
+        # The event loop read the whole body, sending any 100 Continue itself.
+        req._expected_100_continue = False
+        return super().handle_request(req, conn)
+
+    def wait_for_and_dispatch_events(self, timeout):
+        super().wait_for_and_dispatch_events(min(timeout, _TICK))
+
+    def murder_keepalived(self, force=False):
+        """Close the waiting connections that are past their deadline (all of them when forced)."""
+        now = time.monotonic()
+        if now < self._next_sweep and not force:
+            return
+        self._next_sweep = now + _TICK
+        for conn in list(self.waiting):
+            if force:
+                self._close(conn)
+            elif now >= self._deadline(conn):
+                self._expire(conn)
+
+    def _cap_keepalive(self, deadline):
+        for conn in self.waiting:
+            conn.idle_until = min(conn.idle_until, deadline)
+
+    def _deadline(self, conn: _Conn) -> float:
+        if conn.linger_until is not None:
+            return conn.linger_until
+        if conn.head_started is None:
+            return conn.idle_until
+        if conn.body_started is None:
+            return conn.head_started + self.settings.header_timeout
+        # A head start, then a minimum average rate: each byte received buys 1/rate seconds.
+        return (conn.body_started + self.settings.header_timeout
+                + conn.scanner.body_received() / self.settings.body_min_rate)
+
+    def _expire(self, conn: _Conn):
+        if conn.linger_until is None and conn.head_started is None and not conn.used:
+            metrics.CONNECTIONS_DROPPED.labels("silent").inc()
+        if conn.linger_until is not None or conn.head_started is None:
+            self._close(conn)  # idle, as Gunicorn's keep-alive timeout would
+        elif conn.body_started is None:
+            self._drop(conn, "head_timeout", 408,
+                       f"the request head did not arrive within {self.settings.header_timeout:g} s")
+        else:
+            self._drop(conn, "body_timeout", 408,
+                       f"the request body arrived slower than {self.settings.body_min_rate} bytes/s")
+
+    # --- limits ------------------------------------------------------------
+
+    def _evict_stalest(self, holding_body: bool = False, sparing: _Conn | None = None) -> bool:
+        """Drop the waiting connection quiet for longest (one holding body bytes, if asked)."""
+        for conn in self.waiting:
+            if conn is not sparing and (conn.reserved or not holding_body):
+                if conn.linger_until is not None:
+                    self._close(conn)  # closing anyway
+                elif conn.head_started is None:
+                    metrics.CONNECTIONS_DROPPED.labels("evicted").inc()
+                    self._close(conn)  # nothing to answer
+                else:
+                    self._drop(conn, "evicted", 503, "the server is full; retry shortly",
+                               b"Retry-After: 1\r\n", linger=False)
+                return True
+        return False
+
+    def _reserve(self, conn: _Conn, nbytes: int) -> bool:
+        """Count body bytes against the buffer budget, dropping the stalest arriving bodies to make room."""
+        while self.buffered + nbytes > self.settings.max_buffered_bytes:
+            if not self._evict_stalest(holding_body=True, sparing=conn):
+                self._drop(conn, "evicted", 503, "the server is full; retry shortly", b"Retry-After: 1\r\n",
+                           linger=False)
+                return False
+        self.buffered += nbytes
+        conn.reserved += nbytes
+        return True
+
+    def _release(self, conn: _Conn):
+        self.buffered -= conn.reserved
+        conn.reserved = 0
+
+    # --- closing -----------------------------------------------------------
+
+    def _drop(self, conn: _Conn, reason: str, status: int, message: str, headers: bytes = b"",
+              linger: bool = True):
+        """Close a connection whose request has not all arrived: count it, log it once, answer it."""
+        metrics.CONNECTIONS_DROPPED.labels(reason).inc()
+        scan = conn.scanner
+        self.log.warning("closed connection from %s: %s (%d of its bytes received, %s stage)",
+                         _peer(conn.client), message, len(scan.buf),
+                         "head" if scan.head_end is None else "body")
+        self._send(conn, _error(status, message, headers))
+        if linger:
+            self._linger(conn)
+        else:
+            self._close(conn)
+
+    def _send(self, conn: _Conn, data: bytes) -> bool:
+        try:
+            return conn.sock.send(data) == len(data)
+        except OSError:
+            return False
+
+    def _linger(self, conn: _Conn):
+        """Half-close, then read and discard what the client still sends, so no reset destroys our answer."""
+        self._release(conn)
+        conn.scanner = None  # what arrived of the request is not needed any more
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.linger_until = time.monotonic() + _LINGER_SECONDS
+        self._watch(conn)
+
+    def _close(self, conn: _Conn):
+        if conn.closed:
+            return
+        conn.closed = True
+        self._unwatch(conn)
+        self._release(conn)
+        self.nr_conns -= 1
+        conn.close()
+
+    def _watch(self, conn: _Conn):
+        if not conn.watched:
+            conn.watched = True
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        self.waiting[conn] = None
+        self.waiting.move_to_end(conn)
+
+    def _unwatch(self, conn: _Conn):
+        self.waiting.pop(conn, None)
+        if conn.watched:
+            conn.watched = False
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+
+
+def _pieces(request: bytearray, size: int = _BODY_READ_SIZE):
+    """The request in pieces no bigger than a socket read of Gunicorn's: its unreader copies
+    whatever it holds on every read, so one 32 MiB piece would be copied hundreds of times."""
+    with memoryview(request) as view:
+        for start in range(0, len(request), size):
+            yield bytes(view[start:start + size])
+
+
+def _peer(client) -> str:
+    return f"{client[0]}:{client[1]}" if isinstance(client, tuple) and len(client) >= 2 else str(client or "unix")

@@ -11,6 +11,7 @@ from .cache.keys import CacheKeys, WeightsIdentityInBackground
 from .cache.redis_tier import RedisTier
 from .cache.vectors import VectorCache
 from .config import Settings
+from .images.decoding import recycle_decode_memory
 from .images.fetcher import FetchLimits, ImageFetcher
 from .model.embedder import ClipEmbedder
 from .ops import observability
@@ -54,6 +55,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
                        max_queue=settings.batch_max_queue, window_s=settings.batch_window_ms / 1000)
     if fetcher is None:
         fetcher = _fetcher(settings, embedder)
+        recycle_decode_memory(settings.decode_budget_mb << 20)
     app.extensions["clip_embedder"] = embedder
     app.extensions["clip_pipeline"] = EmbeddingPipeline(
         embedder, fetcher, cache=_cache(settings, embedder, fetcher, weights),

@@ -83,6 +83,9 @@ class Settings:
     fetch_max_bytes: int = _setting(20 * 1024 * 1024, doc="largest image download (bytes)")
     jpeg_draft: bool = _setting(True, doc="decode large JPEGs at a reduced scale (>= 2x the model input)")
     max_image_pixels: int = _setting(50_000_000, doc="largest image (width x height) that is decoded")
+    decode_budget_mb: int = _setting(400, doc="MiB of images being decoded at once per worker: each decode "
+                                              "reserves its peak (width x height x 3-16 bytes by mode) before it "
+                                              "starts, and waits its turn within the request's deadline")
     fetch_user_agent: str = _setting("clip-service/1.0", doc="User-Agent sent to image hosts")
     fetch_total_timeout: float = _setting(20.0, doc="seconds one image may take in all (connect, redirects, reads)")
     fetch_request_timeout: float = _setting(30.0, doc="seconds all the images of one request may take")

@@ -236,16 +236,17 @@ class EmbeddingPipeline:
             probabilities[good] = softmax(cosines[good], self.embedder.logit_scale)
         return Ranking(cosines, probabilities, failures)
 
-    def _model_input(self, data: bytes) -> "_Prepared":
-        # Runs in the download thread: a cached vector needs no decoding at all, and
-        # a decoded image is dropped as soon as it is preprocessed, so only the
-        # model-sized tensor waits for the batch.
+    def _model_input(self, data: bytes, deadline: float) -> "_Prepared":
+        # Runs in the download thread: a cached vector needs no decoding at all, and a
+        # decoded image lives only until it is preprocessed (within the decode budget),
+        # so only the model-sized tensor waits for the batch.
         key = self.cache.keys.image_key(data)
         if self.cache.enabled:
             (vector,) = self.cache.get_many("image", [key])
             if vector is not None:
                 return _Prepared(key, vector=vector)
-        return _Prepared(key, pixels=self.embedder.preprocess_image(self.fetcher.decode(data)))
+        with self.fetcher.decoding(data, deadline) as image:
+            return _Prepared(key, pixels=self.embedder.preprocess_image(image))
 
     def _embedded(self, modality: str, count: int) -> None:
         if self.on_embedded is not None:

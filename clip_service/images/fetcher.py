@@ -21,14 +21,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Callable, Sequence, TypeVar
+from typing import BinaryIO, Callable, ContextManager, Sequence, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from PIL import Image
 
 from ..process_local import PerProcess
 from . import http
-from .decoding import decode_image
+from .decoding import DecodeBudget, decode_image, decoded
 from .errors import ItemError
 from .sources import data_uri_bytes, is_data_uri, read_upload
 from .url_policy import Allowlist, IPAddress, Target, UrlPolicy, parse_ports
@@ -67,6 +67,7 @@ class FetchLimits:
     ports: str | Sequence[int] = (80, 443)
     allow: str | Allowlist = ""
     max_url_chars: int = 2048
+    decode_budget_mb: int = 400  # images being decoded at once per process (decoding.DecodeBudget)
 
 
 class ImageFetcher:
@@ -83,6 +84,7 @@ class ImageFetcher:
             allowed_ports=parse_ports(limits.ports) if isinstance(limits.ports, str) else frozenset(limits.ports),
             allowlist=Allowlist.parse(limits.allow) if isinstance(limits.allow, str) else limits.allow,
             max_url_chars=limits.max_url_chars)
+        self.budget = DecodeBudget(limits.decode_budget_mb << 20)
         self.resolver = resolver or system_resolver
         self._tls = http.tls_context(ca_certs)
         # Per-worker bound on downloads in flight across all requests.
@@ -93,16 +95,22 @@ class ImageFetcher:
 
     # --- a request's sources ----------------------------------------------------
 
-    def decode(self, data: bytes) -> Image.Image:
-        """Decode image bytes with this fetcher's limits (pixels, formats, JPEG draft size)."""
-        return decode_image(data, max_pixels=self.limits.max_image_pixels, draft_size=self.draft_size)
+    def decoding(self, data: bytes, deadline: float = math.inf) -> ContextManager[Image.Image]:
+        """Decode image bytes with this fetcher's limits (pixels, formats, JPEG draft size, the decode budget).
+
+        The image is yielded while its memory is held in the budget: preprocess
+        it inside the block, and let it go.
+        """
+        return decoded(data, max_pixels=self.limits.max_image_pixels, draft_size=self.draft_size,
+                       budget=self.budget, deadline=deadline)
 
     def fetch_images(self, sources: Sequence[Source]) -> list[Image.Image | ItemError]:
-        """Return, in order, an RGB image or an ItemError for each source."""
-        return self.fetch_all(sources, self.decode)
+        """Return, in order, an RGB image or an ItemError for each source (no decode budget: for tests and tools)."""
+        return self.fetch_all(sources, lambda data, deadline: decode_image(
+            data, max_pixels=self.limits.max_image_pixels, draft_size=self.draft_size))
 
-    def fetch_all(self, sources: Sequence[Source], then: Callable[[bytes], T]) -> list[T | ItemError]:
-        """Return, in order, ``then(bytes)`` or an ItemError for each source; ``then`` may raise ItemError.
+    def fetch_all(self, sources: Sequence[Source], then: Callable[[bytes, float], T]) -> list[T | ItemError]:
+        """Return, in order, ``then(bytes, deadline)`` or an ItemError for each source; ``then`` may raise ItemError.
 
         Sources run ``concurrency`` at a time, all within the request deadline;
         a URL sent twice is fetched once.
@@ -134,7 +142,7 @@ class ImageFetcher:
                 log.warning("image fetch failed: code=fetch_timeout host=%s", _host(unique[key]))
         return [results[key] for key in keys]
 
-    def fetch_one(self, source: Source, then: Callable[[bytes], T],
+    def fetch_one(self, source: Source, then: Callable[[bytes, float], T],
                   request_deadline: float = math.inf) -> T | ItemError:
         """Fetch one source within its deadline and hand its bytes to ``then``; never raises."""
         started = time.monotonic()
@@ -142,11 +150,20 @@ class ImageFetcher:
             if isinstance(source, ItemError):
                 raise source
             if not isinstance(source, str):  # an uploaded file
-                return then(read_upload(source, self.limits.max_bytes))
+                return then(read_upload(source, self.limits.max_bytes), request_deadline)
             if is_data_uri(source):  # the image is in the request: never a network request
-                return then(data_uri_bytes(source, self.limits.max_bytes))
-            data = self._download_with_slot(source, min(started + self.limits.total_timeout, request_deadline))
-            result = then(data)
+                return then(data_uri_bytes(source, self.limits.max_bytes), request_deadline)
+            deadline = min(started + self.limits.total_timeout, request_deadline)
+            slots = self._slots.get()
+            if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise ItemError("fetch_timeout", "the service was too busy to download the image in time")
+            try:
+                data = self._download(source, deadline)
+                # Still holding the slot: downloaded bytes that wait for the decode budget are
+                # bounded by CLIP_FETCH_WORKER_CONCURRENCY, like the bytes being downloaded.
+                result = then(data, request_deadline)
+            finally:
+                slots.release()
             if self.on_fetched is not None:
                 self.on_fetched(len(data), time.monotonic() - started)
             return result
@@ -160,22 +177,17 @@ class ImageFetcher:
 
     # --- one download, following redirects -------------------------------------
 
-    def _download_with_slot(self, url: str, deadline: float) -> bytes:
-        slots = self._slots.get()
-        if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise ItemError("fetch_timeout", "the service was too busy to download the image in time")
+    def _download(self, url: str, deadline: float) -> bytes:
         try:
             with http.deadline(deadline):
-                return self._download(url)
+                return self._follow(url)
         except ItemError as exc:
             if exc.code in ("fetch_failed", "fetch_timeout") and time.monotonic() >= deadline:
                 raise ItemError("fetch_timeout",
                                 f"the image took longer than {self.limits.total_timeout:g} s to download") from None
             raise
-        finally:
-            slots.release()
 
-    def _download(self, url: str) -> bytes:
+    def _follow(self, url: str) -> bytes:
         for hop in range(self.limits.max_redirects + 1):
             try:
                 target = self.policy.check_url(url)

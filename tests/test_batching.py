@@ -12,7 +12,7 @@ from clip_service import create_app
 from clip_service.model.batching import MicroBatcher, Overloaded
 from clip_service.model.embedder import ClipEmbedder
 
-from .conftest import TINY_MODEL, reference_text_vectors
+from .helpers import TINY_MODEL, reference_text_vectors
 
 
 def _slow_doubler(calls):

@@ -63,13 +63,8 @@ def photos() -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(FIXTURES.iterdir()) if p.suffix in (".jpg", ".png")}
 
 
-def _photo_routes(photos: dict[str, bytes]) -> dict[str, tuple[str, bytes]]:
-    return {f"/{name}": ("image/jpeg" if name.endswith(".jpg") else "image/png", data)
-            for name, data in photos.items()}
-
-
 @pytest.fixture(scope="session")
-def _image_server_process(photos):
+def _image_server_process():
     # One listening server for the session, so the shared app can allowlist its port.
     with ImageServer() as server:
         yield server
@@ -78,9 +73,11 @@ def _image_server_process(photos):
 @pytest.fixture
 def image_server(_image_server_process, photos):
     """A local HTTP server on 127.0.0.1 serving the photos under /<name>; routes and logs fresh per test."""
-    _image_server_process.reset(_photo_routes(photos))
+    routes = {f"/{name}": ("image/jpeg" if name.endswith(".jpg") else "image/png", data)
+              for name, data in photos.items()}
+    _image_server_process.reset(routes)
     yield _image_server_process
-    _image_server_process.reset(_photo_routes(photos))
+    _image_server_process.reset(routes)  # what this test added goes, even for the shared app
 
 
 @pytest.fixture(scope="session")

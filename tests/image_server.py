@@ -76,6 +76,7 @@ class ImageServer:
         self.host = host
         self.port = self._httpd.server_address[1]
         self.scheme = "https" if ssl_context is not None else "http"
+        # shutdown() waits for the next poll: a short interval keeps per-test servers cheap to stop.
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                         daemon=True)
 

@@ -1,13 +1,12 @@
 """The HTTP API on a real Flask app with the tiny real model and a local image server."""
 
-import io
 import threading
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from .helpers import assert_envelope, assert_still_serving, reference_image_vectors, reference_text_vectors
+from .helpers import (as_image, assert_envelope, assert_still_serving, reference_image_vectors,
+                      reference_text_vectors)
 from .image_server import send_body
 
 
@@ -49,7 +48,7 @@ def test_embed_image_keeps_order_and_marks_failures(client, image_server, refere
     assert [len(s) for s in slots] == [32, 0, 32, 0, 32]
     good = [slots[0], slots[2], slots[4]]
     expected = reference_image_vectors(reference_model, [
-        Image.open(io.BytesIO(photos[n])).convert("RGB") for n in ("chelsea_0.jpg", "coffee_0.jpg", "camera.png")])
+        as_image(photos[n]) for n in ("chelsea_0.jpg", "coffee_0.jpg", "camera.png")])
     assert np.abs(np.asarray(good) - expected).max() <= 1e-5 and _unit(good)
     assert [(e["index"], e["code"]) for e in body["errors"]] == [(1, "upstream_status"), (3, "invalid_url")]
     assert body["errors"][0]["url"] == urls[1] and body["errors"][0]["message"]

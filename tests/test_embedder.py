@@ -1,17 +1,14 @@
 """The embedder gives exactly open_clip's vectors and refuses to run without its weights."""
 
-import io
-
 import numpy as np
 import open_clip
 import pytest
 import torch
-from PIL import Image
 
 from clip_service.images.decoding import decode_image
 from clip_service.model.embedder import ClipEmbedder, ModelLoadError, needs_quick_gelu
 
-from .helpers import TINY_MODEL, reference_image_vectors, reference_text_vectors
+from .helpers import TINY_MODEL, as_image, reference_image_vectors, reference_text_vectors
 
 TEXTS = ["a photo of a cat", "a cup of coffee", "", "🚀 rocket launch at night"]
 
@@ -28,7 +25,7 @@ def test_image_vectors_equal_open_clip_for_the_same_bytes(tiny_embedder, referen
     decoded = [decode_image(data, max_pixels=10**8) for data in photos.values()]
     ours = tiny_embedder.embed_images(decoded)
     theirs = reference_image_vectors(
-        reference_model, [Image.open(io.BytesIO(data)).convert("RGB") for data in photos.values()])
+        reference_model, [as_image(data) for data in photos.values()])
     assert np.abs(ours - theirs).max() <= 1e-5
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 

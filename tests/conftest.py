@@ -81,12 +81,9 @@ def image_server(_image_server_process, photos):
 
 
 @pytest.fixture(scope="session")
-def app(tiny_embedder, _image_server_process):
-    """The app with the tiny model, shared by the session: change it only through ``monkeypatch``.
-
-    Building an app costs ~0.15 s (the OpenAPI document, the system CA store);
-    hundreds of tests only send it requests.
-    """
+def shared_app(tiny_embedder, _image_server_process):
+    """The app with the tiny model, built once: building one costs ~0.15 s (the OpenAPI document,
+    the system CA store) and hundreds of tests only send it requests. Tests take it as ``app``."""
     # Loopback is blocked by default; exempt exactly the test image server's host:port.
     # JPEG draft decoding is off so image vectors can be compared with open_clip's
     # full decode to 1e-5: the tiny model's 32 px input makes every photo "large"
@@ -94,6 +91,15 @@ def app(tiny_embedder, _image_server_process):
     server = _image_server_process
     return create_app({"TESTING": True, "fetch_allow": f"{server.host}:{server.port}", "jpeg_draft": False},
                       embedder=tiny_embedder)
+
+
+@pytest.fixture
+def app(shared_app):
+    """The shared app: change it only through ``monkeypatch``; a test that breaks it on purpose builds its own.
+
+    State that one request leaves for the next (none yet) is reset here, so each test starts as on a new app.
+    """
+    return shared_app
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from .helpers import (SECRET, TINY_MODEL, as_image, assert_envelope, assert_open
 
 
 @pytest.fixture(scope="module")
-def server(app):
+def server(shared_app):
     """The app behind a real HTTP server on 127.0.0.1, as the openai package needs."""
-    http = make_server("127.0.0.1", 0, app, threaded=True)
+    http = make_server("127.0.0.1", 0, shared_app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{http.server_port}"
@@ -26,8 +26,9 @@ def server(app):
     thread.join(5)
 
 
-@pytest.fixture(scope="module")
-def openai_client(server):
+@pytest.fixture
+def openai_client(server, app):
+    # ``app`` is the app behind ``server``, made ready for this test.
     return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=30)
 
 

@@ -1,39 +1,39 @@
-"""Shared fixtures: a tiny real open_clip model, the app, and a local image server."""
+"""Shared fixtures: a tiny real open_clip model, the app, and a local image server (helpers: helpers.py)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import pytest
-import torch
-from PIL import Image
 
 from clip_service import create_app
 from clip_service.model.embedder import ClipEmbedder
 
+from .helpers import (  # noqa: F401 - re-exported: older tests import these from conftest
+    FIXTURES,
+    TESTS,
+    TINY_MODEL,
+    image_bytes,
+    reference_image_vectors,
+    reference_text_vectors,
+    write_random_checkpoint,
+)
 from .image_server import ImageServer
 
-TESTS = Path(__file__).parent
-FIXTURES = TESTS / "fixtures"
-TINY_MODEL = "clip-service-tiny"
-
-# A tiny architecture registered with open_clip's real config registry, so unit
-# tests run open_clip's real code in milliseconds.
+# Register the tiny architecture with open_clip's real config registry before any fixture loads it.
 open_clip.add_model_config(TESTS / "model_configs" / f"{TINY_MODEL}.json")
 
 
-def write_random_checkpoint(model_name: str, path: Path, seed: int = 0) -> Path:
-    """Save a fixed-seed randomly initialised model of ``model_name`` (these carry no pretrained tag)."""
-    torch.manual_seed(seed)
-    model = open_clip.create_model(model_name, pretrained=None)
-    torch.save(model.state_dict(), path)
-    return path
+def pytest_collection_modifyitems(items):
+    # The fast part (-m "not e2e") must stay fast: the full-size model belongs to end-to-end tests.
+    unmarked = [item.nodeid for item in items
+                if "vit_b32_checkpoint" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("e2e")]
+    if unmarked:
+        raise pytest.UsageError("mark these @pytest.mark.e2e, they load the full ViT-B-32: " + ", ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -69,52 +69,54 @@ def reference_model(tiny_checkpoint):
     return model.eval(), preprocess, open_clip.get_tokenizer(TINY_MODEL)
 
 
-@pytest.fixture
-def app(tiny_embedder, image_server):
-    # Loopback is blocked by default; exempt exactly the test image server's host:port.
-    # JPEG draft decoding is off so image vectors can be compared with open_clip's
-    # full decode to 1e-5: the tiny model's 32 px input makes every photo "large"
-    # (draft mode has its own tests in test_images.py).
-    return create_app({"TESTING": True, "fetch_allow": f"{image_server.host}:{image_server.port}",
-                       "jpeg_draft": False}, embedder=tiny_embedder)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-def image_bytes(img: Image.Image, fmt: str, **save_args) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **save_args)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="session")
 def photos() -> dict[str, bytes]:
     """Real photographs: two JPEGs and a greyscale PNG."""
     return {p.name: p.read_bytes() for p in sorted(FIXTURES.iterdir()) if p.suffix in (".jpg", ".png")}
 
 
-@pytest.fixture
-def image_server(photos):
-    """A local HTTP server on 127.0.0.1 serving the photos under /<name>."""
+@pytest.fixture(scope="session")
+def _image_server_process():
+    # One listening server for the session, so the shared app can allowlist its port.
     with ImageServer() as server:
-        for name, data in photos.items():
-            server.add(f"/{name}", data, "image/jpeg" if name.endswith(".jpg") else "image/png")
         yield server
 
 
-def reference_image_vectors(reference_model, images: list[Image.Image]) -> np.ndarray:
-    model, preprocess, _ = reference_model
-    with torch.no_grad():
-        return model.encode_image(torch.stack([preprocess(i) for i in images]), normalize=True).numpy()
+@pytest.fixture
+def image_server(_image_server_process, photos):
+    """A local HTTP server on 127.0.0.1 serving the photos under /<name>; routes and logs fresh per test."""
+    routes = {f"/{name}": ("image/jpeg" if name.endswith(".jpg") else "image/png", data)
+              for name, data in photos.items()}
+    _image_server_process.reset(routes)
+    yield _image_server_process
+    _image_server_process.reset(routes)  # what this test added goes, even for the shared app
 
 
-def reference_text_vectors(reference_model, texts: list[str]) -> np.ndarray:
-    model, _, tokenizer = reference_model
-    with torch.no_grad():
-        return model.encode_text(tokenizer(texts), normalize=True).numpy()
+@pytest.fixture(scope="session")
+def shared_app(tiny_embedder, _image_server_process):
+    """The app with the tiny model, built once: building one costs ~0.15 s (the OpenAPI document,
+    the system CA store) and hundreds of tests only send it requests. Tests take it as ``app``."""
+    # Loopback is blocked by default; exempt exactly the test image server's host:port.
+    # JPEG draft decoding is off so image vectors can be compared with open_clip's
+    # full decode to 1e-5: the tiny model's 32 px input makes every photo "large"
+    # (draft mode has its own tests in test_images.py).
+    server = _image_server_process
+    return create_app({"TESTING": True, "fetch_allow": f"{server.host}:{server.port}", "jpeg_draft": False},
+                      embedder=tiny_embedder)
+
+
+@pytest.fixture
+def app(shared_app):
+    """The shared app: change it only through ``monkeypatch``; a test that breaks it on purpose builds its own.
+
+    State that one request leaves for the next (none yet) is reset here, so each test starts as on a new app.
+    """
+    return shared_app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ were read. Everything listens on loopback only.
 from __future__ import annotations
 
 import gzip
+import select
 import socket
 import struct
 import threading
@@ -152,27 +153,39 @@ class CanaryServer:
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.bind((host, port))
         self._sock.listen(128)
-        self._sock.settimeout(0.05)
+        self._sock.setblocking(False)
         self.host = host
         self.port = self._sock.getsockname()[1]
         self._count = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
+    def _take_waiting(self, wait: float) -> None:
+        """Wait up to ``wait`` seconds for a connection, then accept and count all that are waiting."""
+        if not select.select([self._sock], [], [], wait)[0]:
+            return
+        with self._lock:
+            while True:
+                try:
+                    conn, _ = self._sock.accept()
+                except OSError:  # BlockingIOError: none left
+                    return
+                self._count += 1
+                conn.close()
+
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            self._count += 1
-            conn.close()
+            self._take_waiting(0.01)
 
     @property
     def connections(self) -> int:
         """Connections so far, including any still waiting in the listen backlog."""
-        time.sleep(0.1)  # let the accept loop take what the kernel already completed
-        return self._count
+        # Count the backlog here rather than sleeping until the accept loop has run:
+        # what the kernel completed is counted at once, however loaded the machine.
+        self._take_waiting(0.02)
+        with self._lock:  # the accept loop may be counting one it took from the backlog
+            return self._count
 
     def __enter__(self) -> "CanaryServer":
         self._thread.start()

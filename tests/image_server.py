@@ -76,7 +76,8 @@ class ImageServer:
         self.host = host
         self.port = self._httpd.server_address[1]
         self.scheme = "https" if ssl_context is not None else "http"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+        # shutdown() waits for the next poll: a short interval keeps per-test servers cheap to stop.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                         daemon=True)
 
     def record(self, path: str, headers: dict[str, str] | None = None) -> None:
@@ -86,6 +87,14 @@ class ImageServer:
 
     def url(self, path: str, host: str | None = None) -> str:
         return f"{self.scheme}://{host or self.host}:{self.port}{path}"
+
+    def reset(self, routes: dict[str, tuple[str, bytes] | Callable]) -> None:
+        """Serve exactly ``routes`` from now on, with empty request logs: a fresh server for the next test."""
+        with self._lock:
+            self.routes = dict(routes)
+            self.requests = []
+            self.headers = []
+            self.connections = 0
 
     def add(self, path: str, body: bytes, content_type: str = "application/octet-stream") -> str:
         self.routes[path] = (content_type, body)

@@ -1,13 +1,12 @@
 """The HTTP API on a real Flask app with the tiny real model and a local image server."""
 
-import io
 import threading
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from .conftest import reference_image_vectors, reference_text_vectors
+from .helpers import (as_image, assert_envelope, assert_still_serving, reference_image_vectors,
+                      reference_text_vectors)
 from .image_server import send_body
 
 
@@ -21,8 +20,8 @@ def test_health(client):
     assert response.get_json() == {"status": "healthy", "model_loaded": True}
 
 
-def test_health_is_503_without_a_model(app):
-    app.extensions["clip_readiness"].embedder = None
+def test_health_is_503_without_a_model(app, monkeypatch):
+    monkeypatch.setattr(app.extensions["clip_readiness"], "embedder", None)
     response = app.test_client().get("/health")
     assert response.status_code == 503
     assert response.get_json()["model_loaded"] is False
@@ -49,7 +48,7 @@ def test_embed_image_keeps_order_and_marks_failures(client, image_server, refere
     assert [len(s) for s in slots] == [32, 0, 32, 0, 32]
     good = [slots[0], slots[2], slots[4]]
     expected = reference_image_vectors(reference_model, [
-        Image.open(io.BytesIO(photos[n])).convert("RGB") for n in ("chelsea_0.jpg", "coffee_0.jpg", "camera.png")])
+        as_image(photos[n]) for n in ("chelsea_0.jpg", "coffee_0.jpg", "camera.png")])
     assert np.abs(np.asarray(good) - expected).max() <= 1e-5 and _unit(good)
     assert [(e["index"], e["code"]) for e in body["errors"]] == [(1, "upstream_status"), (3, "invalid_url")]
     assert body["errors"][0]["url"] == urls[1] and body["errors"][0]["message"]
@@ -145,9 +144,8 @@ def test_embed_mixed_without_urls(client, body):
 def test_invalid_bodies_get_a_4xx_envelope(client, path, body):
     response = client.post(path, json=body)
     assert 400 <= response.status_code < 500
-    envelope = response.get_json()
-    assert envelope["code"] == response.status_code and envelope["status"] and envelope["errors"]
-    assert client.post("/embed/text", json={"texts": ["still fine"]}).status_code == 200
+    assert assert_envelope(response, response.status_code)["errors"]
+    assert_still_serving(client)
 
 
 def test_limits_come_from_settings(tiny_embedder):
@@ -163,9 +161,7 @@ def test_limits_come_from_settings(tiny_embedder):
 @pytest.mark.parametrize("method, path, status", [("GET", "/nowhere", 404), ("GET", "/embed/text", 405),
                                                    ("DELETE", "/health", 405)])
 def test_unknown_paths_and_methods_use_the_envelope(client, method, path, status):
-    response = client.open(path, method=method)
-    assert response.status_code == status
-    assert response.get_json()["code"] == status
+    assert_envelope(client.open(path, method=method), status)
 
 
 def test_openapi_document_lists_every_endpoint(client):

@@ -12,7 +12,7 @@ from clip_service import create_app
 from clip_service.model.batching import MicroBatcher, Overloaded
 from clip_service.model.embedder import ClipEmbedder
 
-from .conftest import TINY_MODEL, reference_text_vectors
+from .helpers import TINY_MODEL, assert_envelope, reference_text_vectors
 
 
 def _slow_doubler(calls):
@@ -120,8 +120,8 @@ def test_full_queue_answers_503_with_retry_after(tiny_checkpoint):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         response = client.post("/embed/text", json={"texts": ["d"]})
-        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
-        assert response.get_json()["code"] == 503
+        assert_envelope(response, 503)
+        assert response.headers["Retry-After"] == "1"
     finally:
         embedder._forward_slots.release()
     assert first.result(10).status_code == 200 and second.result(10).status_code == 200

@@ -1,17 +1,14 @@
 """The embedder gives exactly open_clip's vectors and refuses to run without its weights."""
 
-import io
-
 import numpy as np
 import open_clip
 import pytest
 import torch
-from PIL import Image
 
 from clip_service.images.decoding import decode_image
 from clip_service.model.embedder import ClipEmbedder, ModelLoadError, needs_quick_gelu
 
-from .conftest import TINY_MODEL, reference_image_vectors, reference_text_vectors
+from .helpers import TINY_MODEL, as_image, reference_image_vectors, reference_text_vectors
 
 TEXTS = ["a photo of a cat", "a cup of coffee", "", "🚀 rocket launch at night"]
 
@@ -28,7 +25,7 @@ def test_image_vectors_equal_open_clip_for_the_same_bytes(tiny_embedder, referen
     decoded = [decode_image(data, max_pixels=10**8) for data in photos.values()]
     ours = tiny_embedder.embed_images(decoded)
     theirs = reference_image_vectors(
-        reference_model, [Image.open(io.BytesIO(data)).convert("RGB") for data in photos.values()])
+        reference_model, [as_image(data) for data in photos.values()])
     assert np.abs(ours - theirs).max() <= 1e-5
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
@@ -45,6 +42,7 @@ def test_model_is_in_eval_mode_without_autograd(tiny_embedder):
     assert not any(p.requires_grad for p in tiny_embedder.model.parameters())
 
 
+@pytest.mark.e2e
 def test_default_pretrained_tag_is_built_with_quick_gelu(monkeypatch, tmp_path):
     """laion400m_e32 was trained with QuickGELU; plain ViT-B-32 would silently use GELU."""
     assert needs_quick_gelu("ViT-B-32", "laion400m_e32")
@@ -91,6 +89,7 @@ def test_unreachable_hub_is_refused_not_replaced_by_random_weights(monkeypatch):
     assert "ViT-B-32" in message and "laion400m_e32" in message and "CLIP_PRETRAINED=" in message
 
 
+@pytest.mark.e2e
 def test_real_vit_b32_loaded_from_a_local_checkpoint_via_the_environment(monkeypatch, vit_b32_checkpoint):
     """The real architecture through CLIP_PRETRAINED=<path>: 512-d vectors equal to open_clip's."""
     from clip_service import create_app
@@ -122,6 +121,7 @@ def test_trimmed_text_encoding_equals_open_clip_full_length(tiny_embedder, refer
     assert np.abs(tiny_embedder.embed_texts(texts) - reference_text_vectors(reference_model, texts)).max() <= 1e-5
 
 
+@pytest.mark.e2e
 def test_trimmed_text_encoding_on_the_real_architecture(vit_b32_checkpoint):
     from clip_service.model.text_encoding import encode_text_trimmed
 
@@ -148,6 +148,7 @@ def test_packed_text_encoding_equals_open_clip_full_length(tiny_embedder, refere
     assert np.abs(packed - reference_text_vectors(reference_model, texts)).max() <= 1e-5
 
 
+@pytest.mark.e2e
 def test_packed_text_encoding_on_the_real_architecture(vit_b32_checkpoint):
     from clip_service.model.text_encoding import encode_text_packed
 

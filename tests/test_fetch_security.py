@@ -26,7 +26,7 @@ from clip_service.images.fetcher import ImageFetcher
 from clip_service.images.url_policy import Allowlist, UrlPolicy, embedded_ipv4, is_public_address
 
 from . import fault_server as fault
-from .conftest import image_bytes
+from .helpers import image_bytes
 from .image_server import ImageServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,6 +48,19 @@ def connections(monkeypatch):
 
     monkeypatch.setattr(http_module.DeadlineSocket, "connect", guarded)
     return made
+
+
+@pytest.fixture(scope="module")
+def _system_tls_context():
+    return http_module.tls_context()
+
+
+@pytest.fixture(autouse=True)
+def _one_system_tls_context(monkeypatch, _system_tls_context):
+    """Fetchers here share one context made from the system CA store, as loading it takes ~0.1 s each time."""
+    make = http_module.tls_context
+    monkeypatch.setattr(http_module, "tls_context",
+                        lambda ca_certs=None: _system_tls_context if ca_certs is None else make(ca_certs))
 
 
 @pytest.fixture
@@ -251,21 +264,22 @@ def test_every_failure_is_a_per_item_result_and_good_images_survive(server, cana
 # --- bounded cost -------------------------------------------------------------------------------
 
 def test_a_trickling_body_is_cut_off_at_the_total_deadline(server):
-    server.routes["/slow.png"] = fault.trickle_body(PNG, interval=0.1)  # every read arrives in time
-    f = make_fetcher(server, read_timeout=1.0, total_timeout=1.5)
+    # Every read arrives in time; the whole body would take len(PNG) * 0.05 s (several seconds).
+    server.routes["/slow.png"] = fault.trickle_body(PNG, interval=0.05)
+    f = make_fetcher(server, read_timeout=1.0, total_timeout=0.75)
     started = time.monotonic()
     result = fetch_one(f, server.url("/slow.png"))
     elapsed = time.monotonic() - started
     assert code_of(result) == "fetch_timeout"
-    assert 1.4 <= elapsed < 3.0
+    assert 0.65 <= elapsed < 2.25
 
 
 def test_trickling_headers_are_cut_off_at_the_total_deadline(server):
-    server.routes["/slow.png"] = fault.trickle_headers(interval=0.1)
-    f = make_fetcher(server, read_timeout=1.0, total_timeout=1.5)
+    server.routes["/slow.png"] = fault.trickle_headers(interval=0.05)
+    f = make_fetcher(server, read_timeout=1.0, total_timeout=0.75)
     started = time.monotonic()
     assert code_of(fetch_one(f, server.url("/slow.png"))) == "fetch_timeout"
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 2.25
 
 
 def test_a_silent_server_hits_the_read_timeout(server):
@@ -278,13 +292,13 @@ def test_a_silent_server_hits_the_read_timeout(server):
 
 def test_the_request_deadline_bounds_every_item(server):
     for i in range(3):
-        server.routes[f"/slow{i}.png"] = fault.trickle_body(PNG, interval=0.2)
-    f = make_fetcher(server, read_timeout=1.0, total_timeout=30, request_timeout=1.5)
+        server.routes[f"/slow{i}.png"] = fault.trickle_body(PNG, interval=0.1)
+    f = make_fetcher(server, read_timeout=1.0, total_timeout=30, request_timeout=1.0)
     started = time.monotonic()
     results = f.fetch_images([server.url("/red.png")] + [server.url(f"/slow{i}.png") for i in range(3)])
     elapsed = time.monotonic() - started
     assert [code_of(r) for r in results] == ["ok", "fetch_timeout", "fetch_timeout", "fetch_timeout"]
-    assert elapsed < 3.0
+    assert elapsed < 2.5
 
 
 def test_a_connection_reset_is_a_fetch_failure(server):

@@ -2,90 +2,18 @@
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import open_clip
 import pytest
 import requests
 import torch
-from PIL import Image
 
-ROOT = Path(__file__).parent.parent
+from .helpers import GunicornProcess, as_image, worker_pids
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class GunicornProcess:
-    """``gunicorn wsgi:app`` in a subprocess on 127.0.0.1, its output in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, extra_args: tuple[str, ...] = ()):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PORT": str(self.port), **env}
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.port}", *extra_args],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_healthy(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.output()[-3000:]}")
-            try:
-                if requests.get(self.base + "/health", timeout=2).status_code == 200:
-                    return
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or a worker still booting
-            time.sleep(0.3)
-        raise AssertionError(f"gunicorn not healthy after {timeout}s:\n{self.output()[-3000:]}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-        return self.proc.returncode
-
-
-def log_records(log: str) -> list[dict]:
-    """The JSON lines of a Gunicorn log (startup messages from libraries may not be JSON)."""
-    records = []
-    for line in log.splitlines():
-        if line.startswith("{"):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                pass
-    return records
-
-
-def worker_pids(log: str, path: str) -> set[int]:
-    """Pids of the workers whose access log shows a 200 for ``path``."""
-    return {r["pid"] for r in log_records(log)
-            if r.get("logger") == "gunicorn.access" and r["httpRequest"]["requestUrl"] == path
-            and r["httpRequest"]["status"] == 200}
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +64,8 @@ def test_preloaded_gunicorn_with_two_workers_serves_correct_vectors(
         response = requests.post(server.base + "/embed/image", json={"urls": [url]}, timeout=60)
         assert response.status_code == 200
         with torch.no_grad():
-            expected_image = model.encode_image(
-                preprocess(Image.open(io.BytesIO(photos["chelsea_0.jpg"])).convert("RGB"))[None], normalize=True).numpy()
+            expected_image = model.encode_image(preprocess(as_image(photos["chelsea_0.jpg"]))[None],
+                                                normalize=True).numpy()
         assert np.abs(np.asarray(response.json()["embeddings"]) - expected_image).max() <= 1e-5
 
         log = server.output()

@@ -9,7 +9,9 @@ import string
 import pytest
 import requests
 
-from .test_gunicorn import GunicornProcess
+from .helpers import GunicornProcess, assert_envelope, assert_still_serving
+
+pytestmark = pytest.mark.e2e
 
 BODY_LIMIT = 200_000
 
@@ -27,11 +29,6 @@ def server(vit_b32_checkpoint, tmp_path_factory):
         yield process
     finally:
         process.stop()
-
-
-def assert_still_serving(server) -> None:
-    response = requests.post(server.base + "/embed/text", json={"texts": ["a cat"]}, timeout=30)
-    assert response.status_code == 200 and len(response.json()["embeddings"][0]) == 512
 
 
 def chunked(total: int, piece: int = 16_384):
@@ -53,9 +50,8 @@ def test_a_chunked_body_over_the_limit_is_413(server, total):
     except requests.ConnectionError:
         pytest.fail("the connection was reset instead of answering 413")
     assert response.request.headers.get("Transfer-Encoding") == "chunked"
-    assert response.status_code == 413
-    assert response.json()["code"] == 413 and f"{BODY_LIMIT} bytes" in response.json()["message"]
-    assert_still_serving(server)
+    assert f"{BODY_LIMIT} bytes" in assert_envelope(response, 413)["message"]
+    assert_still_serving(server.base, dimensions=512)
 
 
 @pytest.mark.timeout(180)
@@ -78,9 +74,8 @@ def test_a_chunked_body_under_the_limit_is_served(server):
 def test_hostile_bodies_get_their_4xx(server, data, content_type, status):
     response = requests.post(server.base + "/embed/text", data=data,
                              headers={"Content-Type": content_type}, timeout=30)
-    assert response.status_code == status
-    assert response.json()["code"] == status and "Traceback" not in response.text
-    assert_still_serving(server)
+    assert_envelope(response, status)
+    assert_still_serving(server.base, dimensions=512)
 
 
 @pytest.mark.timeout(180)
@@ -91,4 +86,4 @@ def test_hostile_texts_embed_without_wedging_the_worker(server):
                              headers={"Content-Type": "application/json"}, timeout=30)
     assert response.status_code == 200
     assert len(response.json()["embeddings"]) == len(texts)
-    assert_still_serving(server)
+    assert_still_serving(server.base, dimensions=512)

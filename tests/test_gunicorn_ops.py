@@ -10,16 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from .helpers import GunicornProcess, log_records, metric_value, worker_pids
 from .image_server import send_body
-from .test_gunicorn import GunicornProcess, log_records, worker_pids
 
-
-def _metric(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
@@ -61,9 +55,9 @@ def test_metrics_logs_and_graceful_shutdown(vit_b32_checkpoint, slow_image_serve
         assert len(worker_pids(server.output(), "/embed/text")) == 2
         for _ in range(3):  # whichever worker answers the scrape, the sums are the same
             text = requests.get(server.base + "/metrics", timeout=10).text
-            assert _metric(text, "clip_http_requests_total", endpoint="/embed/text", status="200") == sent
-            assert _metric(text, "clip_items_embedded_total", modality="text") == 2 * sent
-            assert _metric(text, "clip_model_load_seconds") > 0  # set once, in the master
+            assert metric_value(text, "clip_http_requests_total", endpoint="/embed/text", status="200") == sent
+            assert metric_value(text, "clip_items_embedded_total", modality="text") == 2 * sent
+            assert metric_value(text, "clip_model_load_seconds") > 0  # set once, in the master
 
         assert requests.get(server.base + "/health/ready", timeout=30).status_code == 200
         assert requests.get(server.base + "/health/live", timeout=10).status_code == 200

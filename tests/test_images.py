@@ -9,7 +9,7 @@ from PIL import Image
 from clip_service.images.decoding import decode_image
 from clip_service.images.errors import ItemError
 
-from .conftest import image_bytes
+from .helpers import image_bytes
 
 MAX_PIXELS = 10_000_000
 
@@ -107,12 +107,13 @@ def test_pixel_limit_is_checked_before_decoding():
     assert err.value.code == "too_large"
 
 
+@pytest.mark.e2e
 def test_large_jpeg_draft_decode_matches_the_exact_pipeline(vit_b32_checkpoint):
     """Draft-mode decoding of a 12 MP photo gives (nearly) the exact pipeline's pixels and vector."""
     import open_clip
     import torch
 
-    from .conftest import FIXTURES
+    from .helpers import FIXTURES
 
     data = (FIXTURES / "large" / "chelsea_12mp.jpg").read_bytes()
     exact = decode_image(data, max_pixels=50_000_000)

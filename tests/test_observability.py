@@ -11,7 +11,7 @@ from clip_service import create_app
 from clip_service.model.embedder import ClipEmbedder
 from clip_service.ops.logs import CloudLoggingFormatter
 
-from .conftest import TINY_MODEL
+from .helpers import TINY_MODEL, metric_value
 
 
 def test_request_id_is_generated_and_returned(client):
@@ -67,15 +67,6 @@ def test_failed_download_warning_has_code_and_host_not_the_url_path(client, imag
     assert "127.0.0.1" in text and "token=abc" not in text and "WARNING" in text
 
 
-def _metric(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_metrics_count_requests_items_failures_and_batches(client, image_server, photos):
     before = client.get("/metrics").get_data(as_text=True)
     client.post("/embed/text", json={"texts": ["a", "b", "c"]})
@@ -85,7 +76,7 @@ def test_metrics_count_requests_items_failures_and_batches(client, image_server,
     after = response.get_data(as_text=True)
 
     def delta(name, **labels):
-        return _metric(after, name, **labels) - _metric(before, name, **labels)
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
 
     assert delta("clip_http_requests_total", endpoint="/embed/text", status="200") == 1
     assert delta("clip_items_embedded_total", modality="text") == 3

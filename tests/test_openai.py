@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import threading
 
 import numpy as np
@@ -12,45 +11,14 @@ import pytest
 from PIL import Image
 from werkzeug.serving import make_server
 
-from .conftest import TINY_MODEL, image_bytes, reference_image_vectors, reference_text_vectors
-
-SECRET = "confidential-9c1e"
-
-
-def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
+from .helpers import (SECRET, TINY_MODEL, as_image, assert_envelope, assert_openai_error, assert_v1_still_serving,
+                      data_uri, image_bytes, metric_value, reference_image_vectors, reference_text_vectors)
 
 
-def as_image(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
-
-
-def assert_openai_error(response, status: int, *, param=None, code=None) -> dict:
-    assert response.status_code == status, response.get_data(as_text=True)[:500]
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
-    if param is not None:
-        assert error["param"] == param
-    if code is not None:
-        assert error["code"] == code
-    text = response.get_data(as_text=True)
-    assert "Traceback" not in text and SECRET not in text
-    return error
-
-
-def assert_still_serving(client) -> None:
-    response = client.post("/v1/embeddings", json={"model": TINY_MODEL, "input": "still fine"})
-    assert response.status_code == 200 and len(response.get_json()["data"]) == 1
-
-
-@pytest.fixture
-def server(app):
+@pytest.fixture(scope="module")
+def server(shared_app):
     """The app behind a real HTTP server on 127.0.0.1, as the openai package needs."""
-    http = make_server("127.0.0.1", 0, app, threaded=True)
+    http = make_server("127.0.0.1", 0, shared_app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{http.server_port}"
@@ -59,7 +27,8 @@ def server(app):
 
 
 @pytest.fixture
-def openai_client(server):
+def openai_client(server, app):
+    # ``app`` is the app behind ``server``, made ready for this test.
     return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=30)
 
 
@@ -170,7 +139,7 @@ def test_a_failed_image_fails_the_request_naming_its_index_and_code(client, item
     error = assert_openai_error(client.post("/v1/embeddings", json={"model": TINY_MODEL, "input": inputs}),
                                 400, param="input[2]", code=code)
     assert "input[2]" in error["message"] and code in error["message"]
-    assert_still_serving(client)
+    assert_v1_still_serving(client)
 
 
 def test_every_failed_image_is_named(client, image_server, photos):
@@ -223,7 +192,7 @@ GOOD = {"model": TINY_MODEL, "input": ["a cat"]}
 def test_invalid_requests_are_400_in_openai_shape(client, body, param):
     error = assert_openai_error(client.post("/v1/embeddings", json=body), 400)
     assert error["param"] == param
-    assert_still_serving(client)
+    assert_v1_still_serving(client)
 
 
 def test_token_arrays_are_refused_with_a_hint(client):
@@ -239,7 +208,7 @@ def test_dimensions_must_be_the_models_own(client, dimensions, status):
     else:
         error = assert_openai_error(response, 400, param="dimensions", code="unsupported_dimensions")
         assert "32" in error["message"]
-    assert_still_serving(client)
+    assert_v1_still_serving(client)
 
 
 def test_too_many_items_and_too_long_strings_are_400(tiny_embedder):
@@ -263,7 +232,7 @@ def test_too_many_items_and_too_long_strings_are_400(tiny_embedder):
 def test_bodies_that_are_not_json_are_openai_errors(client, data, content_type, status):
     headers = {} if content_type is None else {"Content-Type": content_type}
     assert_openai_error(client.post("/v1/embeddings", data=data, headers=headers), status)
-    assert_still_serving(client)
+    assert_v1_still_serving(client)
 
 
 def test_a_body_over_the_limit_is_413_in_openai_shape(tiny_embedder):
@@ -271,7 +240,7 @@ def test_a_body_over_the_limit_is_413_in_openai_shape(tiny_embedder):
 
     client = create_app({"TESTING": True, "max_body_bytes": 4096}, embedder=tiny_embedder).test_client()
     assert_openai_error(client.post("/v1/embeddings", json={**GOOD, "input": ["a"] * 2000}), 413)
-    assert_still_serving(client)
+    assert_v1_still_serving(client)
 
 
 @pytest.mark.parametrize("method, path, status", [
@@ -283,12 +252,11 @@ def test_unknown_paths_and_methods_under_v1_are_openai_errors(client, method, pa
     assert_openai_error(response, status)
     if status == 405:
         assert response.headers["Allow"]
-    assert_still_serving(client)
+    assert_v1_still_serving(client)
 
 
 def test_errors_outside_v1_keep_the_service_envelope(client):
-    body = client.post("/embed/text", json={"texts": []}).get_json()
-    assert set(body) == {"code", "status", "message", "errors"}
+    assert_envelope(client.post("/embed/text", json={"texts": []}), 422)
 
 
 def test_an_unexpected_error_is_a_500_in_openai_shape(app, monkeypatch):
@@ -313,15 +281,15 @@ def test_a_full_queue_is_503_in_openai_shape(app, monkeypatch):
 
 
 def test_metrics_count_items_and_failures(client, photos):
-    def metric(name: str) -> float:
+    def counts() -> tuple[float, float]:
         text = client.get("/metrics").get_data(as_text=True)
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+        return (metric_value(text, "clip_items_embedded_total", modality="image"),
+                metric_value(text, "clip_item_failures_total"))
 
-    items, failures = metric('clip_items_embedded_total{modality="image"}'), metric("clip_item_failures_total")
+    items, failures = counts()
     client.post("/v1/embeddings", json={"model": TINY_MODEL, "input": [data_uri(photos["chelsea_0.jpg"]), "a"]})
     client.post("/v1/embeddings", json={"model": TINY_MODEL, "input": ["data:image/png;base64,AAAA"]})
-    assert metric('clip_items_embedded_total{modality="image"}') == items + 1
-    assert metric("clip_item_failures_total") == failures + 1
+    assert counts() == (items + 1, failures + 1)
 
 
 def test_the_document_describes_the_openai_api(client):

@@ -100,7 +100,7 @@ class OfflineFetcher:
         return [ItemError("fetch_failed", "offline in this test") for _ in sources]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fuzzed_app(tiny_embedder):
     # Small limits, so the fuzzer's boundary cases (limit, limit + 1) are cheap to run.
     app = create_app({"TESTING": True, "max_texts": 6, "max_urls": 4, "max_text_chars": 300,
@@ -110,7 +110,7 @@ def fuzzed_app(tiny_embedder):
     return app
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def api_schema(fuzzed_app):
     return schemathesis.openapi.from_wsgi("/openapi.json", fuzzed_app)
 

@@ -9,7 +9,7 @@ from PIL import Image
 from clip_service.model import prepacked
 from clip_service.model.embedder import ClipEmbedder
 
-from .conftest import TINY_MODEL, reference_image_vectors, reference_text_vectors
+from .helpers import TINY_MODEL, reference_image_vectors, reference_text_vectors
 
 pytestmark = pytest.mark.skipif(not prepacked.available(), reason="this torch build has no oneDNN")
 
@@ -36,6 +36,7 @@ def test_prepacked_tiny_model_equals_open_clip(tiny_embedder, reference_model, c
     assert np.abs(tiny_embedder.embed_images(images) - reference_image_vectors(reference_model, images)).max() <= 1e-5
 
 
+@pytest.mark.e2e
 def test_prepacked_vit_b32_equals_open_clip(vit_b32_checkpoint):
     """The real architecture, QuickGELU-free random weights named by config: 24 blocks, same vectors."""
     embedder = ClipEmbedder.load("ViT-B-32", str(vit_b32_checkpoint), "cpu")

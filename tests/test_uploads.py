@@ -11,35 +11,13 @@ from PIL import Image
 
 from clip_service import create_app
 
-from .conftest import image_bytes, reference_image_vectors
-
-SECRET = "confidential-77ab"
-
-
-def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
-
-
-def as_image(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+from .helpers import (SECRET, as_image, assert_envelope, assert_still_serving, data_uri, image_bytes,
+                      reference_image_vectors)
 
 
 def upload(client, files, path="/embed/image", **form):
     data = {"images": [(io.BytesIO(content), name) for name, content in files], **form}
     return client.post(path, data=data, content_type="multipart/form-data")
-
-
-def assert_still_serving(client) -> None:
-    response = client.post("/embed/text", json={"texts": ["still fine"]})
-    assert response.status_code == 200
-
-
-def assert_envelope(response, status: int) -> dict:
-    assert response.status_code == status, response.get_data(as_text=True)[:500]
-    body = response.get_json()
-    assert set(body) == {"code", "status", "message", "errors"} and body["code"] == status
-    assert SECRET not in response.get_data(as_text=True)
-    return body
 
 
 # --- data: URIs in urls ---------------------------------------------------------------------------
@@ -98,7 +76,7 @@ def test_common_base64_spellings_are_decoded(client, photos, reference_model, va
     assert np.abs(np.asarray(body["embeddings"]) - expected).max() <= 1e-5
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def small_images_client(tiny_embedder):
     app = create_app({"TESTING": True, "fetch_max_bytes": 20_000, "max_image_pixels": 10_000, "max_urls": 3},
                      embedder=tiny_embedder)

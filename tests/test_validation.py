@@ -9,27 +9,9 @@ import pytest
 
 from clip_service import create_app
 
+from .helpers import SECRET, assert_envelope, assert_still_serving
+
 GOOD = {"texts": ["still fine"]}
-# A marker inside bad texts: no error body may ever contain it.
-SECRET = "confidential-4f2a"
-
-
-def assert_envelope(response, status: int) -> dict:
-    assert response.status_code == status, response.get_data(as_text=True)[:500]
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert set(body) == {"code", "status", "message", "errors"}
-    assert body["code"] == status and body["status"] and body["message"]
-    assert isinstance(body["errors"], dict)
-    text = response.get_data(as_text=True)
-    assert "Traceback" not in text and SECRET not in text
-    return body
-
-
-def assert_still_serving(client) -> None:
-    response = client.post("/embed/text", json=GOOD)
-    assert response.status_code == 200
-    assert len(response.get_json()["embeddings"]) == 1
 
 
 def post_raw(client, path: str, data, content_type: str | None = "application/json", **kwargs):
@@ -164,7 +146,7 @@ def test_an_unknown_field_named_by_a_lone_surrogate_is_422(client):
     assert_still_serving(client)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def small_limits_client(tiny_embedder):
     app = create_app({"TESTING": True, "max_texts": 3, "max_urls": 2, "max_text_chars": 20,
                       "max_url_chars": 40, "max_body_bytes": 4096}, embedder=tiny_embedder)

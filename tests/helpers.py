@@ -1,0 +1,214 @@
+"""Helpers shared by the tests: the tiny model's reference vectors, error-shape and still-serving
+assertions, data URIs, Prometheus scrapes, and a real Gunicorn in a subprocess.
+
+Fixtures live in conftest.py; everything a test calls directly lives here.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import requests
+import torch
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+# A tiny architecture registered with open_clip's real config registry (conftest.py), so unit
+# tests run open_clip's real code in milliseconds.
+TINY_MODEL = "clip-service-tiny"
+
+# A marker that tests put inside bad input: no error body may ever contain it.
+SECRET = "confidential-4f2a"
+STILL_FINE = {"texts": ["still fine"]}
+
+
+# --- the model and images ---------------------------------------------------------------------
+
+def write_random_checkpoint(model_name: str, path: Path, seed: int = 0) -> Path:
+    """Save a fixed-seed randomly initialised model of ``model_name`` (these carry no pretrained tag)."""
+    torch.manual_seed(seed)
+    model = open_clip.create_model(model_name, pretrained=None)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def reference_image_vectors(reference_model, images: list[Image.Image]) -> np.ndarray:
+    """open_clip's own normalised image vectors for ``images``."""
+    model, preprocess, _ = reference_model
+    with torch.no_grad():
+        return model.encode_image(torch.stack([preprocess(i) for i in images]), normalize=True).numpy()
+
+
+def reference_text_vectors(reference_model, texts: list[str]) -> np.ndarray:
+    """open_clip's own normalised text vectors for ``texts``."""
+    model, _, tokenizer = reference_model
+    with torch.no_grad():
+        return model.encode_text(tokenizer(texts), normalize=True).numpy()
+
+
+def image_bytes(img: Image.Image, fmt: str, **save_args) -> bytes:
+    """``img`` encoded as ``fmt`` (PNG, JPEG, GIF...)."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save_args)
+    return buf.getvalue()
+
+
+def as_image(data: bytes) -> Image.Image:
+    """Decode image bytes to RGB the way open_clip's reference pipeline expects them."""
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
+    """A base64 ``data:`` URI carrying ``data``."""
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+# --- error shapes -----------------------------------------------------------------------------
+
+def _json_answer(response) -> tuple[str, str]:
+    """The mimetype and text of a Flask test response or of a ``requests`` response."""
+    if hasattr(response, "get_data"):
+        return response.mimetype, response.get_data(as_text=True)
+    return response.headers.get("Content-Type", "").split(";")[0].strip(), response.text
+
+
+def assert_envelope(response, status: int) -> dict:
+    """Assert the service's error envelope with ``status``, free of tracebacks and of SECRET; return it."""
+    mimetype, text = _json_answer(response)
+    assert response.status_code == status, text[:500]
+    assert mimetype == "application/json"
+    body = json.loads(text)
+    assert set(body) == {"code", "status", "message", "errors"}
+    assert body["code"] == status and body["status"] and body["message"]
+    assert isinstance(body["errors"], dict)
+    assert "Traceback" not in text and SECRET not in text
+    return body
+
+
+def assert_openai_error(response, status: int, *, param=None, code=None) -> dict:
+    """Assert OpenAI's error shape with ``status`` (and ``param``, ``code`` when given); return the error."""
+    mimetype, text = _json_answer(response)
+    assert response.status_code == status, text[:500]
+    assert mimetype == "application/json"
+    body = json.loads(text)
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
+    if param is not None:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    assert "Traceback" not in text and SECRET not in text
+    return error
+
+
+# --- still serving ----------------------------------------------------------------------------
+
+def assert_still_serving(client, dimensions: int | None = None) -> None:
+    """Assert that ``client`` (a Flask test client, or the base URL of a real server) still embeds a text."""
+    if isinstance(client, str):
+        response = requests.post(client + "/embed/text", json=STILL_FINE, timeout=30)
+        status, body = response.status_code, response.json()
+    else:
+        response = client.post("/embed/text", json=STILL_FINE)
+        status, body = response.status_code, response.get_json()
+    assert status == 200, body
+    assert len(body["embeddings"]) == 1 and len(body["embeddings"][0]) == body["dimensions"]
+    if dimensions is not None:
+        assert body["dimensions"] == dimensions
+
+
+def assert_v1_still_serving(client, model: str = TINY_MODEL) -> None:
+    """Assert that the Flask test ``client`` still embeds a text through /v1/embeddings."""
+    response = client.post("/v1/embeddings", json={"model": model, "input": "still fine"})
+    assert response.status_code == 200 and len(response.get_json()["data"]) == 1
+
+
+# --- Prometheus -------------------------------------------------------------------------------
+
+def metric_value(exposition: str, sample: str, **labels: str) -> float:
+    """The sum of the samples named ``sample`` whose labels include ``labels`` (0 when there are none)."""
+    return sum(s.value for family in text_string_to_metric_families(exposition) for s in family.samples
+               if s.name == sample and labels.items() <= s.labels.items())
+
+
+# --- a real Gunicorn --------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GunicornProcess:
+    """``gunicorn wsgi:app`` in a subprocess on 127.0.0.1, its output in a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, extra_args: tuple[str, ...] = ()):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PORT": str(self.port), **env}
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.port}", *extra_args],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_healthy(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.output()[-3000:]}")
+            try:
+                if requests.get(self.base + "/health", timeout=2).status_code == 200:
+                    return
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or a worker still booting
+            time.sleep(0.3)
+        raise AssertionError(f"gunicorn not healthy after {timeout}s:\n{self.output()[-3000:]}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+        return self.proc.returncode
+
+
+def log_records(log: str) -> list[dict]:
+    """The JSON lines of a Gunicorn log (startup messages from libraries may not be JSON)."""
+    records = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                pass
+    return records
+
+
+def worker_pids(log: str, path: str) -> set[int]:
+    """Pids of the workers whose access log shows a 200 for ``path``."""
+    return {r["pid"] for r in log_records(log)
+            if r.get("logger") == "gunicorn.access" and r["httpRequest"]["requestUrl"] == path
+            and r["httpRequest"]["status"] == 200}

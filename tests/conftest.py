@@ -17,6 +17,7 @@ from .helpers import (  # noqa: F401 - re-exported: older tests import these fro
     FIXTURES,
     TESTS,
     TINY_MODEL,
+    empty_caches,
     image_bytes,
     reference_image_vectors,
     reference_text_vectors,
@@ -109,8 +110,10 @@ def shared_app(tiny_embedder, _image_server_process):
 def app(shared_app):
     """The shared app: change it only through ``monkeypatch``; a test that breaks it on purpose builds its own.
 
-    State that one request leaves for the next (none yet) is reset here, so each test starts as on a new app.
+    State that one request leaves for the next (the cached vectors) is reset here, so each test starts as
+    on a new app.
     """
+    empty_caches(shared_app)
     return shared_app
 
 

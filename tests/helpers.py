@@ -138,6 +138,16 @@ def assert_v1_still_serving(client, model: str = TINY_MODEL) -> None:
     assert response.status_code == 200 and len(response.get_json()["data"]) == 1
 
 
+# --- a shared app --------------------------------------------------------------------------
+
+def empty_caches(app) -> None:
+    """Forget every vector the app's pipeline cached, so a shared app answers as a new one would."""
+    pipeline = app.extensions["clip_pipeline"]
+    for lru in (pipeline.cache.memory, pipeline.label_cache):
+        if lru is not None:
+            lru.clear()
+
+
 # --- Prometheus -------------------------------------------------------------------------------
 
 def metric_value(exposition: str, sample: str, **labels: str) -> float:

@@ -5,8 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from .helpers import (as_image, assert_envelope, assert_still_serving, reference_image_vectors,
-                      reference_text_vectors)
+from .helpers import as_image, assert_envelope, assert_still_serving, reference_image_vectors, reference_text_vectors
 from .image_server import send_body
 
 

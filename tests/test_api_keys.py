@@ -13,7 +13,7 @@ from clip_service import create_app
 from clip_service.config import ConfigError, Settings
 from clip_service.ops.gunicorn_logs import redact_query
 
-from .conftest import TINY_MODEL
+from .helpers import TINY_MODEL
 
 KEY_A = "a" * 8 + "-first-key-0123456789"
 KEY_B = "b" * 8 + "-second-key-from-a-file"
@@ -32,14 +32,14 @@ PROTECTED = [
 PROBES = ["/health", "/health/live", "/health/ready"]
 
 
-@pytest.fixture
-def keys_file(tmp_path):
-    path = tmp_path / "keys"
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "keys"
     path.write_text(f"# mounted from Secret Manager\n\n  {KEY_B}  \n")
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def keyed_app(tiny_embedder, keys_file):
     return create_app({"TESTING": True, "api_keys": f"{KEY_A}, ", "api_keys_file": str(keys_file)},
                       embedder=tiny_embedder)
@@ -181,7 +181,7 @@ def test_a_short_key_in_the_file_is_named_by_its_line(tmp_path):
     assert "secret" not in str(refused.value)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def keyed_server(keyed_app):
     http = make_server("127.0.0.1", 0, keyed_app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)

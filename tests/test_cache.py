@@ -19,7 +19,7 @@ from clip_service.cache.memory import LruCache
 from clip_service.cache.redis_tier import FAILURES_TO_TRIP, RedisTier
 from clip_service.model.embedder import ClipEmbedder
 
-from .conftest import TINY_MODEL, write_random_checkpoint
+from .helpers import TINY_MODEL, write_random_checkpoint
 
 TEXTS = ["a photo of a cat", "a dog on a beach", "a photo of a cat", "coffee"]
 

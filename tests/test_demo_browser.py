@@ -28,7 +28,7 @@ from .browser import (
     set_viewport,
     start_chromium,
 )
-from .conftest import FIXTURES
+from .helpers import FIXTURES
 from .image_server import ImageServer
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ import json
 import pytest
 import requests
 
-from .test_gunicorn import GunicornProcess
+from .helpers import GunicornProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -12,7 +12,7 @@ def fresh_app(tiny_checkpoint):
     # Its own embedder: these tests break it on purpose.
     from clip_service.model.embedder import ClipEmbedder
 
-    from .conftest import TINY_MODEL
+    from .helpers import TINY_MODEL
 
     return create_app({"TESTING": True}, embedder=ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu"))
 

@@ -8,7 +8,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -16,9 +15,8 @@ from PIL import Image
 from clip_service.images.decoding import DecodeBudget, decode_cost, decode_image, decoded, webp_canvas
 from clip_service.images.errors import ItemError
 
-from .conftest import FIXTURES, image_bytes
+from .helpers import FIXTURES, GunicornProcess, image_bytes
 from .image_server import ImageServer
-from .test_gunicorn import GunicornProcess
 
 MIB = 1 << 20
 

@@ -11,8 +11,19 @@ import pytest
 from PIL import Image
 from werkzeug.serving import make_server
 
-from .helpers import (SECRET, TINY_MODEL, as_image, assert_envelope, assert_openai_error, assert_v1_still_serving,
-                      data_uri, image_bytes, metric_value, reference_image_vectors, reference_text_vectors)
+from .helpers import (
+    SECRET,
+    TINY_MODEL,
+    as_image,
+    assert_envelope,
+    assert_openai_error,
+    assert_v1_still_serving,
+    data_uri,
+    image_bytes,
+    metric_value,
+    reference_image_vectors,
+    reference_text_vectors,
+)
 
 
 @pytest.fixture(scope="module")

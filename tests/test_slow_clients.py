@@ -22,9 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from .helpers import GunicornProcess, metric_value
 from .image_server import ImageServer, send_body
-from .test_gunicorn import GunicornProcess
-from .test_gunicorn_ops import _metric
 
 pytestmark = pytest.mark.e2e
 
@@ -115,7 +114,7 @@ def assert_serving(server) -> None:
 
 
 def dropped(server, reason: str) -> float:
-    return _metric(requests.get(server.base + "/metrics", timeout=10).text, "clip_connections_dropped_total",
+    return metric_value(requests.get(server.base + "/metrics", timeout=10).text, "clip_connections_dropped_total",
                    reason=reason)
 
 

@@ -11,8 +11,15 @@ from PIL import Image
 
 from clip_service import create_app
 
-from .helpers import (SECRET, as_image, assert_envelope, assert_still_serving, data_uri, image_bytes,
-                      reference_image_vectors)
+from .helpers import (
+    SECRET,
+    as_image,
+    assert_envelope,
+    assert_still_serving,
+    data_uri,
+    image_bytes,
+    reference_image_vectors,
+)
 
 
 def upload(client, files, path="/embed/image", **form):

@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 from clip_service import create_app
 from clip_service.web import weaviate
 
-from .conftest import TINY_MODEL, image_bytes
+from .helpers import TINY_MODEL, image_bytes
 
 SECRET = "confidential-5d2a"
 
@@ -52,10 +52,12 @@ def weaviate_app(tiny_embedder, **settings_):
     return create_app({"TESTING": True, "weaviate": True, "jpeg_draft": False, **settings_}, embedder=tiny_embedder)
 
 
-@pytest.fixture
-def app(tiny_embedder, image_server):
-    # As conftest's app (the image server is reachable, no JPEG draft decoding), with the routes on.
-    return weaviate_app(tiny_embedder, fetch_allow=f"{image_server.host}:{image_server.port}")
+@pytest.fixture(scope="module")
+def shared_app(tiny_embedder, _image_server_process):
+    # As conftest's shared_app (the image server is reachable, no JPEG draft decoding), with the routes on;
+    # conftest's app hands it to each test with its caches emptied.
+    server = _image_server_process
+    return weaviate_app(tiny_embedder, fetch_allow=f"{server.host}:{server.port}")
 
 
 def assert_vectors(vectors, count: int, dimensions: int = 32) -> np.ndarray:
@@ -144,10 +146,10 @@ def test_a_body_without_content_type_is_json_as_weaviate_before_1_26_sends_it(cl
     assert_answer(response, 1, 0)
 
 
-@pytest.fixture
-def server(app):
+@pytest.fixture(scope="module")
+def server(shared_app):
     """The app behind a real HTTP server on 127.0.0.1."""
-    http_server = make_server("127.0.0.1", 0, app, threaded=True)
+    http_server = make_server("127.0.0.1", 0, shared_app, threaded=True)
     thread = threading.Thread(target=http_server.serve_forever, daemon=True)
     thread.start()
     yield http_server.server_port
@@ -376,7 +378,7 @@ def test_the_routes_are_absent_when_disabled(client_without_weaviate):
     assert "WEAVIATE_ERROR" not in spec["components"].get("responses", {})
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client_without_weaviate(tiny_embedder):
     return create_app({"TESTING": True}, embedder=tiny_embedder).test_client()
 
@@ -431,13 +433,13 @@ def test_the_document_covers_the_routes_in_weaviates_shape(client):
     assert set(schemas["Meta"]["properties"]) == {"model_name", "pretrained", "dimensions"}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fuzzed_app(tiny_embedder):
     # Small limits, so the fuzzer's boundary cases (limit, limit + 1) are cheap to run.
     return weaviate_app(tiny_embedder, max_texts=6, max_urls=4, max_text_chars=300, max_body_bytes=64 * 1024)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def api_schema(fuzzed_app):
     return schemathesis.openapi.from_wsgi("/openapi.json", fuzzed_app)
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import base64
-import io
 
 import numpy as np
 import pytest
 import torch
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-from PIL import Image
 
 from clip_service import create_app
+
+from .helpers import as_image
 
 LABELS = ["a cat", "a cup of coffee", "a camera", "a beach"]
 PHOTOS = ["chelsea_0.jpg", "coffee_0.jpg", "camera.png"]
@@ -26,7 +26,7 @@ def reference_scores(reference_model, photo: bytes, labels, templates) -> tuple[
     """open_clip's zero-shot classifier on the same image: (probabilities, cosines) per label."""
     model, preprocess, tokenizer = reference_model
     with torch.no_grad():
-        image = model.encode_image(preprocess(Image.open(io.BytesIO(photo)).convert("RGB"))[None], normalize=True)
+        image = model.encode_image(preprocess(as_image(photo))[None], normalize=True)
         weights = build_zero_shot_classifier(model, tokenizer, labels, templates, num_classes_per_batch=None)
         cosines = (image @ weights)[0]
         probabilities = (model.logit_scale.exp() * cosines).softmax(dim=-1)
@@ -111,7 +111,7 @@ def test_labels_with_braces_are_left_alone(client, photos):
     assert {entry["label"] for entry in body} == {"{x}", "a {} b"}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def small_limits_client(tiny_embedder):
     return create_app({"TESTING": True, "max_labels": 4, "max_templates": 3, "max_label_chars": 20,
                        "max_label_texts": 6, "max_urls": 2}, embedder=tiny_embedder).test_client()
@@ -166,8 +166,8 @@ def test_the_label_limit_counts_templates_too(small_limits_client):
 def _reference_vectors(reference_model, photos, names, texts):
     model, preprocess, tokenizer = reference_model
     with torch.no_grad():
-        images = model.encode_image(torch.stack([preprocess(Image.open(io.BytesIO(photos[n])).convert("RGB"))
-                                                 for n in names]), normalize=True).numpy()
+        images = model.encode_image(torch.stack([preprocess(as_image(photos[n])) for n in names]),
+                                    normalize=True).numpy()
         text = model.encode_text(tokenizer(texts), normalize=True).numpy()
     return images, text, float(model.logit_scale.detach().exp())
 

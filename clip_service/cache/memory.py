@@ -34,6 +34,14 @@ class LruCache:
                 found.append(value)
         return found
 
+    def clear(self) -> None:
+        """Forget every entry (an operator's flush; tests that share one app)."""
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+        if self.on_change is not None:
+            self.on_change(0, 0)
+
     def put_many(self, items: Iterable[tuple[Hashable, object]]) -> None:
         evicted = 0
         with self._lock:

@@ -161,7 +161,6 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack) -> L
     model = build_empty(model_name, quick_gelu=quick_gelu)
     seconds["build"] = lap()
     state_dict = fit_state_dict(model, read_state_dict(path))
-    _check_fits(model, state_dict)
     model.load_state_dict(state_dict, strict=True, assign=True)
     del state_dict
     left = [name for name, t in _named_tensors(model) if t.is_meta]
@@ -224,7 +223,8 @@ def _converted_settings(path: str, model_name: str) -> tuple[bool, dict]:
     if converted_for and converted_for != model_name:
         raise ModelLoadError(
             f"checkpoint file {os.path.basename(path)!r} holds {converted_for!r} weights "
-            f"({meta.get(META_PRETRAINED, 'unknown source')}), not {model_name!r}: set CLIP_MODEL={converted_for}")
+            f"({meta.get(META_PRETRAINED, 'unknown source')}), not {model_name!r}: set CLIP_MODEL={converted_for}, "
+            f"or CLIP_PRETRAINED to weights of {model_name}")
     overlay = json.loads(meta.get(META_PREPROCESS) or "{}")
     for key in ("mean", "std"):  # JSON lists back to the tuples open_clip's registry holds
         if isinstance(overlay.get(key), list):
@@ -336,20 +336,23 @@ def fit_state_dict(model: nn.Module, state_dict: dict) -> dict:
     position_ids = "text.transformer.embeddings.position_ids"
     if position_ids in state_dict and not hasattr(model, position_ids):
         del state_dict[position_ids]
+    _check_fits(model, state_dict, shapes=False)  # before the resizing, which asserts on a foreign layout
     resize_pos_embed(state_dict, model)
     resize_text_pos_embed(state_dict, model)
+    _check_fits(model, state_dict, shapes=True)
     # load_state_dict copies into the model's dtype; assigning does not, so cast first.
     expected = model.state_dict(keep_vars=True)
     return {k: v.to(expected[k].dtype) if k in expected and v.dtype != expected[k].dtype else v
             for k, v in state_dict.items()}
 
 
-def _check_fits(model: nn.Module, state_dict: dict) -> None:
+def _check_fits(model: nn.Module, state_dict: dict, *, shapes: bool) -> None:
     """One line saying how the checkpoint differs from the architecture (load_state_dict's runs for pages)."""
     expected = model.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    reshaped = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    reshaped = [k for k in expected if shapes and k in state_dict
+                and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or reshaped:
         example = (missing or unexpected or reshaped)[0]
         raise RuntimeError(

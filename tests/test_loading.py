@@ -286,12 +286,12 @@ def _python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def test_the_model_layer_imports_open_clip_without_the_compiler_stack_or_timm(tiny_checkpoint):
+def test_the_model_layer_imports_open_clip_without_the_compiler_stack_timm_or_the_hub(tiny_checkpoint):
     result = _python(f"""
         import sys
         import clip_service.model.embedder
         assert "open_clip" in sys.modules
-        hidden = [m for m in ("torch._dynamo", "timm", "sympy") if m in sys.modules]
+        hidden = [m for m in ("torch._dynamo", "timm", "huggingface_hub", "sympy") if m in sys.modules]
         assert not hidden, hidden
         import open_clip
         open_clip.add_model_config("tests/model_configs/{TINY_MODEL}.json")
@@ -299,6 +299,18 @@ def test_the_model_layer_imports_open_clip_without_the_compiler_stack_or_timm(ti
         embedder = ClipEmbedder.load("{TINY_MODEL}", {str(tiny_checkpoint)!r}, "cpu")
         assert embedder.probe(10)
         assert "torch._dynamo" not in sys.modules, "loading or inference imported the compiler"
+        assert "huggingface_hub" not in sys.modules, "a local file needs no hub"
+
+        # A tag's download goes through open_clip's hub client, as without the lean import.
+        tag = {{"hf_hub": "example/tiny/", "quick_gelu": True}}
+        open_clip.pretrained._PRETRAINED["{TINY_MODEL}"] = {{"some_tag": tag}}
+        def download(cfg, cache_dir=None):
+            assert open_clip.pretrained.has_hf_hub(), "the hub client was not back for the download"
+            return {str(tiny_checkpoint)!r}
+        open_clip.factory.download_pretrained = download
+        embedder = ClipEmbedder.load("{TINY_MODEL}", "some_tag", "cpu")
+        assert {{type(m).__name__ for m in embedder.model.modules()}} >= {{"QuickGELU"}}
+
         # The stand-in answers like torchvision's own helper, importing it on first call.
         roi_align = sys.modules["torchvision.ops.roi_align"]
         answer = roi_align.is_compile_supported("cpu")

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from .lean_import import ensure_hub, ensure_timm
 from .loading import (META_MODEL, META_PREPROCESS, META_PRETRAINED, META_QUICK_GELU, ModelLoadError,
                       converted_metadata, load_model, preprocess_arguments, pretrained_tag_config)
 
@@ -70,6 +71,8 @@ def convert(model_name: str, source: str, dest: str, *, tag: str | None = None, 
         raise ValueError(f"{source} is a converted file already")
     quick_gelu = bool(tag_cfg.get("quick_gelu", False))
 
+    ensure_hub()  # open_clip downloads a tag itself here
+    ensure_timm()
     try:
         reference, _, reference_preprocess = open_clip.create_model_and_transforms(
             model_name, pretrained=source, force_quick_gelu=quick_gelu, cache_dir=cache_dir,

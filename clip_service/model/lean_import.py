@@ -1,23 +1,25 @@
-"""Import open_clip without the compiler stack and timm that its imports drag in but this service never runs.
+"""Import open_clip without the compiler stack, timm and the Hugging Face hub client until they are needed.
 
-``import open_clip`` takes ~3 s on a 2 vCPU machine, and half of it is not
+``import open_clip`` takes ~3 s on a 2 vCPU machine, and most of it is not
 open_clip: torchvision's ``ops/roi_align.py`` imports ``torch._dynamo`` (the
 ``torch.compile`` front end, with sympy, torch.fx and torch.distributed behind
-it) for one helper that only its ``roi_align`` calls, and open_clip imports
-timm eagerly, whose model modules import ``torch._dynamo`` again. Neither is
-needed to build, load or run open_clip's own CLIP towers. So, for the one
-``import open_clip`` of the service process:
+it) for one helper that only its ``roi_align`` calls; open_clip imports timm,
+whose model modules import ``torch._dynamo`` again; and it imports
+``huggingface_hub`` (~0.5 s with its HTTP stack) for downloads. None of them
+is needed to build, load or run open_clip's own CLIP towers from a local
+file. So, for the one ``import open_clip`` of the service process:
 
-- that helper is bound to a stand-in that imports the real one on first call
-  (the same answer, later), so ``torch._dynamo`` is not imported at start-up;
-- timm is hidden, so open_clip takes its own "timm is not installed" branch.
-  ``ensure_timm()`` undoes that for the architectures that do need timm
-  (``loading.py`` calls it before building one).
+- torchvision's helper is bound to a stand-in that imports the real one on
+  first call (the same answer, later);
+- timm and huggingface_hub are hidden, so open_clip takes its own "not
+  installed" branches. ``ensure_timm()`` and ``ensure_hub()`` undo that by
+  re-running the open_clip module concerned once the package is importable;
+  loading.py calls them before building a timm tower or downloading a tag.
 
-Both are undone when the import returns: ``torch._dynamo`` and timm import
-normally afterwards. Anything unexpected falls back to a plain import. Written
-by hand because no library trims another package's imports; measured in
-``bench/cold_start.py``.
+The stand-ins are gone when the import returns: every package imports
+normally afterwards. Anything unexpected falls back to a plain import.
+Written by hand because no library trims another package's imports; the
+saving is measured in bench/cold_start.py.
 """
 
 from __future__ import annotations
@@ -31,19 +33,22 @@ log = logging.getLogger(__name__)
 
 _DYNAMO = "torch._dynamo"
 _DYNAMO_UTILS = "torch._dynamo.utils"
+# Hidden package -> the open_clip module that imports it inside ``try: ... except ImportError``.
+_DEFERRED = {"timm": "open_clip.timm_model", "huggingface_hub": "open_clip.pretrained"}
 
 
 def import_open_clip() -> types.ModuleType:
-    """Import open_clip once, lean when nothing imported it (or torchvision, timm, dynamo) yet."""
+    """Import open_clip once, lean when nothing imported it (or what it hides) yet."""
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
     import torch  # noqa: F401  (the stand-ins below hang under torch's package)
 
-    stand_ins = {}
+    stand_ins: dict[str, types.ModuleType | None] = {}
     if _DYNAMO not in sys.modules and "torchvision" not in sys.modules:
         stand_ins[_DYNAMO], stand_ins[_DYNAMO_UTILS] = _deferred_dynamo()
-    if "timm" not in sys.modules:
-        stand_ins["timm"] = None  # None in sys.modules makes ``import timm`` raise ImportError
+    for package in _DEFERRED:
+        if package not in sys.modules:
+            stand_ins[package] = None  # None in sys.modules makes ``import package`` raise ImportError
     sys.modules.update(stand_ins)
     try:
         return importlib.import_module("open_clip")
@@ -58,15 +63,26 @@ def import_open_clip() -> types.ModuleType:
 
 
 def ensure_timm() -> None:
-    """Give open_clip its timm back if it was imported without (a no-op when timm is not installed)."""
-    timm_model = sys.modules.get("open_clip.timm_model")
-    if timm_model is not None and getattr(timm_model, "timm", None) is None:
-        try:
-            importlib.import_module("timm")
-        except ImportError:
-            return
-        # Re-running the module binds timm in its namespace, which its classes read at call time.
-        importlib.reload(timm_model)
+    """Give open_clip its timm back (for timm image towers); a no-op when it has it or timm is not installed."""
+    _restore("timm", attribute="timm")
+
+
+def ensure_hub() -> None:
+    """Give open_clip its Hugging Face hub client back (for tag downloads); a no-op when it has it."""
+    _restore("huggingface_hub", attribute="hf_hub_download")
+
+
+def _restore(package: str, *, attribute: str) -> None:
+    module = sys.modules.get(_DEFERRED[package])
+    if module is None or getattr(module, attribute, None) is not None:
+        return
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        return
+    # Re-running the module binds the package in its namespace, which its functions
+    # and classes (also those imported elsewhere) read at call time.
+    importlib.reload(module)
 
 
 def _remove(stand_ins: dict) -> None:

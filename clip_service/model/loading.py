@@ -43,7 +43,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from . import prepacked
-from .lean_import import ensure_timm
+from .lean_import import ensure_hub, ensure_timm
 from .tokenizer import bounded
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,7 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack) -> L
 def _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, prepack) -> LoadedModel:
     started = time.perf_counter()
     ensure_timm()
+    ensure_hub()
     if tag_cfg:
         quick_gelu, overlay = bool(tag_cfg.get("quick_gelu", False)), {}  # open_clip applies a tag's own
     else:
@@ -204,6 +205,7 @@ def _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, pre
 
 def _download(tag_cfg: dict, pretrained: str, cache_dir: str | None) -> str:
     """The tag's weights file, through open_clip's own download (and cache)."""
+    ensure_hub()
     try:
         # Looked up on open_clip.factory at call time, as create_model does.
         path = open_clip.factory.download_pretrained(tag_cfg, cache_dir=cache_dir or None)

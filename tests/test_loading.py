@@ -378,3 +378,31 @@ def test_vit_b32_prepacked_load_gives_open_clips_prepacked_vectors(vit_b32_check
     for mine, theirs in zip(_vectors(loaded.model, loaded.preprocess, "ViT-B-32"),
                             _vectors(model, preprocess, "ViT-B-32")):
         assert torch.equal(mine, theirs)
+
+
+def _rss_file_kib() -> int:
+    return int(Path("/proc/self/status").read_text().split("RssFile:")[1].split()[0])
+
+
+def test_released_pages_of_a_mapped_checkpoint_leave_memory_and_read_back_the_same(tmp_path):
+    weights = torch.randn(8 * 2**20)  # 32 MiB
+    path = tmp_path / "big.pt"
+    torch.save({"w": weights}, path)
+    mapped = torch.load(path, mmap=True, weights_only=True)["w"]
+    assert torch.equal(mapped, weights)  # every page read in
+    pages = loading.MappedPages(str(path))
+    assert pages.ranges
+    resident = _rss_file_kib()
+    pages.release([mapped])
+    assert resident - _rss_file_kib() >= 24 * 1024
+    assert torch.equal(mapped, weights)  # mapped again from the file
+
+
+def test_release_never_touches_memory_outside_the_files_mapping(tmp_path):
+    path = tmp_path / "small.pt"
+    torch.save({"w": torch.ones(1024)}, path)
+    mapped = torch.load(path, mmap=True, weights_only=True)  # noqa: F841  (keeps the mapping)
+    own = torch.randn(4 * 2**20)
+    expected = own.clone()
+    loading.MappedPages(str(path)).release([own])
+    assert torch.equal(own, expected)  # MADV_DONTNEED would have zeroed anonymous pages

@@ -172,7 +172,10 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack) -> L
     model.eval().requires_grad_(False)
     if device == "cpu":
         if prepack:
-            prepacked.prepack(model, threads=_LOAD_THREADS)
+            # The packed copies replace the mapped weights block by block; their
+            # mapped pages are dropped as they go, so the file does not add its
+            # whole size to the peak memory of the load.
+            prepacked.prepack(model, threads=_LOAD_THREADS, on_swapped=MappedPages(path).release)
             seconds["prepack"] = lap()
         own_tensors(model)
     else:
@@ -360,6 +363,54 @@ def _check_fits(model: nn.Module, state_dict: dict, *, shapes: bool) -> None:
         raise RuntimeError(
             f"the checkpoint does not fit this architecture ({len(missing)} tensors missing, "
             f"{len(unexpected)} unexpected, {len(reshaped)} of another shape, such as {example!r})")
+
+
+class MappedPages:
+    """Where this process maps a file, to hand back pages of tensors in it that are no longer used.
+
+    ``madvise(MADV_DONTNEED)`` on a file mapping only drops the process's
+    copy of the page: a later read maps it from the file again, so releasing
+    is never wrong, only slower if the tensor were read again. It is applied
+    only to whole pages of tensors that lie inside a mapping of this file;
+    anonymous memory (where it would zero the data) is never touched.
+    Through ctypes because torch and safetensors own these mappings and
+    expose no such call.
+    """
+
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+    _MADV_DONTNEED = 4
+
+    def __init__(self, path: str):
+        real = os.path.realpath(path)
+        self.ranges = []
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == real:
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    self.ranges.append((start, end))
+        self._madvise = None
+        if self.ranges:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            self._madvise = libc.madvise
+            self._madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+    def release(self, tensors: list[torch.Tensor]) -> None:
+        """Drop the pages that lie wholly inside ``tensors`` (each contiguous) and inside the file's mapping."""
+        if self._madvise is None:
+            return
+        for tensor in tensors:
+            if tensor.device.type != "cpu" or not tensor.is_contiguous():
+                continue
+            start = tensor.data_ptr()
+            end = start + tensor.numel() * tensor.element_size()
+            if not any(low <= start and end <= high for low, high in self.ranges):
+                continue
+            first, last = -(-start // self._PAGE) * self._PAGE, end // self._PAGE * self._PAGE
+            if last > first:
+                self._madvise(first, last - first, self._MADV_DONTNEED)
 
 
 def own_tensors(model: nn.Module) -> None:

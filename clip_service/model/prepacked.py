@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import torch
 from open_clip.transformer import ResidualAttentionBlock
@@ -98,7 +99,7 @@ def _swappable(block: nn.Module) -> bool:
 
 
 @torch.inference_mode()
-def _swap_checked(block: nn.Module, seed: int, causal: bool) -> bool:
+def _swap_checked(block: nn.Module, seed: int, causal: bool, on_swapped=None) -> bool:
     """Swap one block's matrix products; undo the swap unless it gives open_clip's output.
 
     The check runs the block as its tower does: the text tower's with a
@@ -112,12 +113,16 @@ def _swap_checked(block: nn.Module, seed: int, causal: bool) -> bool:
     block.mlp.c_fc = PrepackedLinear(original[1].weight, original[1].bias)
     block.mlp.c_proj = PrepackedLinear(original[2].weight, original[2].bias)
     if torch.allclose(block(x, attn_mask=mask), expected, rtol=_TOLERANCE, atol=_TOLERANCE):
+        if on_swapped is not None:
+            on_swapped([original[0].in_proj_weight, original[0].out_proj.weight, original[1].weight,
+                        original[2].weight])
         return True
     block.attn, block.mlp.c_fc, block.mlp.c_proj = original
     return False
 
 
-def prepack(model: nn.Module, threads: int = 1) -> int:
+def prepack(model: nn.Module, threads: int = 1,
+            on_swapped: Callable[[list[torch.Tensor]], None] | None = None) -> int:
     """Swap the linear layers of every standard block of ``model``'s text and image towers.
 
     Returns how many blocks were swapped (0 when oneDNN is missing or the
@@ -127,7 +132,8 @@ def prepack(model: nn.Module, threads: int = 1) -> int:
     of them are reordered and checked at once (torch releases the GIL); each
     thread runs torch with the caller's intra-op thread count, so a Gunicorn
     master that keeps one thread (the fork hazard in gunicorn.conf.py) starts
-    no thread pool here either.
+    no thread pool here either. ``on_swapped`` gets the weights a swapped
+    block no longer uses (loading.py releases their pages of a mapped file).
     """
     if not available():
         return 0
@@ -138,9 +144,10 @@ def prepack(model: nn.Module, threads: int = 1) -> int:
     if threads > 1 and len(jobs) > 1:
         with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="prepack",
                                 initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
-            swapped = list(pool.map(lambda job: _swap_checked(job[1][0], job[0], job[1][1]), enumerate(jobs)))
+            swapped = list(pool.map(lambda job: _swap_checked(job[1][0], job[0], job[1][1], on_swapped),
+                                    enumerate(jobs)))
     else:
-        swapped = [_swap_checked(block, seed, causal) for seed, (block, causal) in enumerate(jobs)]
+        swapped = [_swap_checked(block, seed, causal, on_swapped) for seed, (block, causal) in enumerate(jobs)]
     if not all(swapped):
         log.warning("oneDNN prepacking changed the output of %d of %d blocks; those keep open_clip's layers",
                     swapped.count(False), len(swapped))

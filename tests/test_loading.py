@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -229,6 +231,9 @@ def test_a_converted_file_round_trips_with_the_tags_settings(tmp_path, tiny_chec
         meta = f.metadata()
     assert meta[loading.META_MODEL] == TINY_MODEL and meta[loading.META_QUICK_GELU] == "1"
     assert meta[loading.META_PRETRAINED] == "quickgelu-tag"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~umask  # readable by the image's app user
     assert json.loads(meta[loading.META_PREPROCESS])["interpolation"] == "bilinear"
 
     # A path carries no tag: the header's settings are what make it the tag's model.
@@ -406,3 +411,34 @@ def test_release_never_touches_memory_outside_the_files_mapping(tmp_path):
     expected = own.clone()
     loading.MappedPages(str(path)).release([own])
     assert torch.equal(own, expected)  # MADV_DONTNEED would have zeroed anonymous pages
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_gunicorn_serves_a_converted_tag_with_its_quick_gelu(monkeypatch, tmp_path):
+    """The image's path: the tag converted at build time, served from the file with the tag's QuickGELU."""
+    import numpy as np
+    import requests
+
+    from .test_gunicorn import GunicornProcess
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "laion400m_e32.pt"
+    torch.save(open_clip.create_model("ViT-B-32-quickgelu").state_dict(), checkpoint)
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda cfg, cache_dir=None: str(checkpoint))
+    converted = tmp_path / "ViT-B-32.safetensors"
+    assert convert.main(["--model", "ViT-B-32", "laion400m_e32", str(converted)]) == 0
+
+    server = GunicornProcess({"CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": str(converted), "CLIP_DEVICE": "cpu"},
+                             tmp_path / "gunicorn.log")
+    try:
+        server.wait_healthy()
+        assert requests.get(server.base + "/health/ready", timeout=30).status_code == 200
+        response = requests.post(server.base + "/embed/text", json={"texts": TEXTS}, timeout=60)
+    finally:
+        server.stop()
+    assert response.status_code == 200
+    reference = open_clip.create_model("ViT-B-32-quickgelu", pretrained=str(checkpoint)).eval()
+    with torch.inference_mode():
+        expected = reference.encode_text(open_clip.get_tokenizer("ViT-B-32")(TEXTS), normalize=True).numpy()
+    assert np.abs(np.asarray(response.json()["embeddings"]) - expected).max() <= 1e-5

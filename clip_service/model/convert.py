@@ -91,6 +91,11 @@ def convert(model_name: str, source: str, dest: str, *, tag: str | None = None, 
     partial = dest + ".partial"
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     save_file(tensors, partial, metadata=metadata)
+    # safetensors writes 0600; the service may run as another user (the image's
+    # ``app``), so give the file the mode any new file gets under the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)
     os.replace(partial, dest)
 
     difference = _compare(model_name, dest, reference, reference_preprocess)

@@ -57,7 +57,7 @@ META_PREPROCESS = "clip_service.preprocess"
 
 # Prepacking at load uses every core this process may run on (it runs before
 # the workers fork, when nothing else competes for them); 8 is plenty.
-_LOAD_THREADS = min(8, len(os.sched_getaffinity(0)))
+_LOAD_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 class ModelLoadError(RuntimeError):
@@ -378,18 +378,20 @@ class MappedPages:
     """
 
     _PAGE = os.sysconf("SC_PAGE_SIZE")
-    _MADV_DONTNEED = 4
+    _MADV_DONTNEED = 4  # Linux
+    _madvise = None
 
     def __init__(self, path: str):
         real = os.path.realpath(path)
         self.ranges = []
+        if not os.path.exists("/proc/self/maps"):  # not Linux: nothing is released
+            return
         with open("/proc/self/maps") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
                 if len(fields) == 6 and fields[5].rstrip("\n") == real:
                     start, end = (int(x, 16) for x in fields[0].split("-"))
                     self.ranges.append((start, end))
-        self._madvise = None
         if self.ranges:
             import ctypes
 

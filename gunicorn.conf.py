@@ -23,12 +23,15 @@ else:
         if _name.endswith(".db"):
             os.remove(os.path.join(_metrics_dir, _name))
 
-import torch  # noqa: E402
-from prometheus_client import multiprocess  # noqa: E402
-
 from clip_service.config import Settings  # noqa: E402
+from clip_service.ops.prefetch import prefetch  # noqa: E402
 
 settings = Settings.from_env()
+# Cold start: the disk reads the weights while torch and the app are imported.
+prefetch(settings.pretrained)
+
+import torch  # noqa: E402
+from prometheus_client import multiprocess  # noqa: E402
 
 # Fork hazard (seen on these machines): a torch model built in the master with
 # a multi-threaded intra-op pool makes forked children hang at their first

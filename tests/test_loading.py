@@ -442,3 +442,17 @@ def test_gunicorn_serves_a_converted_tag_with_its_quick_gelu(monkeypatch, tmp_pa
     with torch.inference_mode():
         expected = reference.encode_text(open_clip.get_tokenizer("ViT-B-32")(TEXTS), normalize=True).numpy()
     assert np.abs(np.asarray(response.json()["embeddings"]) - expected).max() <= 1e-5
+
+
+def test_prefetch_reads_a_weights_file_ahead_and_skips_a_tag(tmp_path):
+    import threading
+
+    from clip_service.ops.prefetch import prefetch
+
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"\0" * (20 * 2**20))
+    assert not prefetch("laion400m_e32") and not prefetch(str(tmp_path / "missing.pt"))
+    assert prefetch(str(weights))
+    for thread in [t for t in threading.enumerate() if t.name == "prefetch-weights"]:
+        thread.join(timeout=10)
+        assert not thread.is_alive()

@@ -18,9 +18,12 @@ checks, the tag's download through open_clip, and the preprocessing.
 Architectures this path does not cover (hf-hub:/local-dir: names, timm or
 Hugging Face towers, big_vision .npz files) load through open_clip itself.
 
-Once loaded (and prepacked, see prepacked.py), every tensor is copied out of
-the file mapping into the process's own memory: the mapping is released, so a
-checkpoint replaced on disk later cannot change or fault the served weights.
+On CPU the mapping does not outlive the load: prepacking (prepacked.py)
+replaces the big matrices with packed copies and the mapped pages they came
+from are dropped as it goes (``MappedPages``), which keeps the file's size out
+of the peak memory of the load; the remaining tensors are then copied into the
+process's own memory. So a checkpoint replaced on disk later cannot change or
+fault the served weights.
 """
 
 from __future__ import annotations
@@ -164,9 +167,8 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack) -> L
     model.load_state_dict(state_dict, strict=True, assign=True)
     del state_dict
     left = [name for name, t in _named_tensors(model) if t.is_meta]
-    if left:
-        raise ModelLoadError(f"{len(left)} tensors of {model_name!r} got no value from {path!r}, "
-                             f"such as {left[0]!r}")
+    if left:  # a safety net: strict loading should have refused such a checkpoint already
+        raise RuntimeError(f"{len(left)} tensors got no value from the checkpoint, such as {left[0]!r}")
     seconds["load"] = lap()
 
     model.eval().requires_grad_(False)

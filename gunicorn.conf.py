@@ -82,8 +82,9 @@ def post_worker_init(worker):
     # Warm up here, after the fork, never in the master (the hazard above). The
     # readiness check's tiny text and image pass is the warm-up, so its cached
     # result answers the first /health/ready without a second pass.
-    ready = worker.wsgi.extensions["clip_readiness"]()
-    worker.log.info("worker %s warmed up (ready=%s, torch threads=%s)", worker.pid, ready, torch.get_num_threads())
+    if not worker.wsgi.extensions["clip_readiness"]():
+        raise RuntimeError("the warm-up inference failed")  # a worker that cannot infer must not serve
+    worker.log.info("worker %s warmed up (torch threads=%s)", worker.pid, torch.get_num_threads())
 
 
 def child_exit(server, worker):

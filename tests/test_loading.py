@@ -237,6 +237,7 @@ def test_a_converted_file_round_trips_with_the_tags_settings(tmp_path, tiny_chec
     assert json.loads(meta[loading.META_PREPROCESS])["interpolation"] == "bilinear"
 
     # A path carries no tag: the header's settings are what make it the tag's model.
+    assert loading.pretrained_label(TINY_MODEL, str(dest)) == "quickgelu-tag"  # what responses report
     loaded = loading.load_model(TINY_MODEL, str(dest), "cpu", prepack=False)
     assert _activations(loaded.model) == {"QuickGELU"}
     _assert_same_model(loaded, _reference(TINY_MODEL, "quickgelu-tag", force_quick_gelu=True), TINY_MODEL)
@@ -438,6 +439,7 @@ def test_gunicorn_serves_a_converted_tag_with_its_quick_gelu(monkeypatch, tmp_pa
     finally:
         server.stop()
     assert response.status_code == 200
+    assert response.json()["pretrained"] == "laion400m_e32"  # as when the image served the tag itself
     reference = open_clip.create_model("ViT-B-32-quickgelu", pretrained=str(checkpoint)).eval()
     with torch.inference_mode():
         expected = reference.encode_text(open_clip.get_tokenizer("ViT-B-32")(TEXTS), normalize=True).numpy()

@@ -6,8 +6,8 @@ decoded PIL images and gets numpy arrays back.
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import threading
 import time
 from typing import Callable, Sequence
@@ -21,7 +21,8 @@ from PIL import Image
 from . import prepacked
 from .batching import MicroBatcher
 # Re-exported: callers and tests import these from here.
-from .loading import ModelLoadError, load_model, needs_quick_gelu, pretrained_tag_config, resolve_device  # noqa: F401
+from .loading import (ModelLoadError, load_model, needs_quick_gelu, pretrained_label,  # noqa: F401
+                      pretrained_tag_config, resolve_device)
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,10 @@ class ClipEmbedder:
         size = getattr(self.model.visual, "image_size", 224)
         return int(min(size) if isinstance(size, (tuple, list)) else size)
 
-    @property
+    @functools.cached_property
     def pretrained_label(self) -> str:
-        """The tag, or only the file name of a local checkpoint (its directory is nobody's business)."""
-        return os.path.basename(self.pretrained) if os.path.isfile(self.pretrained) else self.pretrained
+        """The tag (also that of a file converted from one), or only a checkpoint's file name."""
+        return pretrained_label(self.model_name, self.pretrained)
 
     @classmethod
     def load(cls, model_name: str, pretrained: str, device: str = "auto", *,

@@ -108,6 +108,22 @@ def converted_metadata(path: str) -> dict[str, str]:
         return {k: v for k, v in (f.metadata() or {}).items() if k.startswith("clip_service.")}
 
 
+def pretrained_label(model_name: str, pretrained: str) -> str:
+    """What the service reports as its weights: the tag, the tag a file was converted from, or the file's name.
+
+    A file's directory is nobody's business. A file converted from a tag
+    (convert.py) reports that tag, so an image that bakes the converted
+    laion400m_e32 still answers ``"pretrained": "laion400m_e32"``.
+    """
+    if not os.path.isfile(pretrained):
+        return pretrained
+    try:
+        source = converted_metadata(pretrained).get(META_PRETRAINED, "")
+    except Exception:  # a label must never fail; the load reports a bad file
+        source = ""
+    return source if source and pretrained_tag_config(model_name, source) else os.path.basename(pretrained)
+
+
 def load_model(model_name: str, pretrained: str, device: str, *, cache_dir: str | None = None,
                prepack: bool = True) -> LoadedModel:
     """Build the model from a pretrained tag or a checkpoint file; never fall back to random weights.

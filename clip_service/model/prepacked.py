@@ -99,7 +99,8 @@ def _swappable(block: nn.Module) -> bool:
 
 
 @torch.inference_mode()
-def _swap_checked(block: nn.Module, seed: int, causal: bool, on_swapped=None) -> bool:
+def _swap_checked(block: nn.Module, seed: int, causal: bool,
+                  on_swapped: Callable[[list[torch.Tensor]], None] | None = None) -> bool:
     """Swap one block's matrix products; undo the swap unless it gives open_clip's output.
 
     The check runs the block as its tower does: the text tower's with a
@@ -141,13 +142,17 @@ def prepack(model: nn.Module, threads: int = 1,
               (getattr(getattr(model, "visual", None), "transformer", None), False)]
     jobs = [(block, causal) for tower, causal in towers
             for block in getattr(tower, "resblocks", ()) if _swappable(block)]
+
+    def swap(numbered_job) -> bool:
+        seed, (block, causal) = numbered_job  # a seed per block: the same inputs in any order
+        return _swap_checked(block, seed, causal, on_swapped)
+
     if threads > 1 and len(jobs) > 1:
         with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="prepack",
                                 initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
-            swapped = list(pool.map(lambda job: _swap_checked(job[1][0], job[0], job[1][1], on_swapped),
-                                    enumerate(jobs)))
+            swapped = list(pool.map(swap, enumerate(jobs)))
     else:
-        swapped = [_swap_checked(block, seed, causal, on_swapped) for seed, (block, causal) in enumerate(jobs)]
+        swapped = [swap(job) for job in enumerate(jobs)]
     if not all(swapped):
         log.warning("oneDNN prepacking changed the output of %d of %d blocks; those keep open_clip's layers",
                     swapped.count(False), len(swapped))

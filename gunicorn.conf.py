@@ -25,14 +25,17 @@ else:
         if _name.endswith(".db"):
             os.remove(os.path.join(_metrics_dir, _name))
 
+from clip_service.config import Settings  # noqa: E402
+from clip_service.ops.prefetch import prefetch  # noqa: E402
+
+settings = Settings.from_env()
+# Cold start: the disk reads the weights while torch and the app are imported.
+prefetch(settings.pretrained)
+
 import torch  # noqa: E402
 from gunicorn.arbiter import Arbiter  # noqa: E402
 from gunicorn.workers.base import Worker  # noqa: E402
 from prometheus_client import multiprocess  # noqa: E402
-
-from clip_service.config import Settings  # noqa: E402
-
-settings = Settings.from_env()
 
 # Fork hazard (seen on these machines): a torch model built in the master with
 # a multi-threaded intra-op pool makes forked children hang at their first
@@ -88,7 +91,9 @@ def post_fork(server: Arbiter, worker: Worker) -> None:
 
 
 def post_worker_init(worker: Worker) -> None:
-    # Warm up here, after the fork, never in the master (the hazard above).
+    # Warm up here, after the fork, never in the master (the hazard above). The warm-up is
+    # the readiness check's tiny text and image pass, so its cached result answers the first
+    # /health/ready; a failure is logged, and /health and /health/ready report it (503).
     worker.wsgi.extensions["clip_readiness"].warm_up()
     worker.log.info("worker %s warmed up (torch threads=%s)", worker.pid, torch.get_num_threads())
 

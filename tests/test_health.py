@@ -31,8 +31,8 @@ def test_a_failed_warm_up_makes_health_and_readiness_503(fresh_app, monkeypatch,
     def broken():
         raise RuntimeError("no usable kernels")
 
-    monkeypatch.setattr(fresh_app.extensions["clip_embedder"], "warm_up", broken)
-    fresh_app.extensions["clip_readiness"].warm_up()  # what Gunicorn's post_worker_init calls: it must not raise
+    monkeypatch.setattr(fresh_app.extensions["clip_embedder"], "_encode_probe", broken)
+    assert fresh_app.extensions["clip_readiness"].warm_up() is False  # what post_worker_init calls: never raises
     assert _health(fresh_app) == (503, {"status": "unhealthy", "model_loaded": True})
     assert fresh_app.test_client().get("/health/ready").status_code == 503
     assert fresh_app.test_client().get("/health/live").status_code == 200  # alive: do not restart it blindly

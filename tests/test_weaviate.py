@@ -7,6 +7,7 @@ import http.client
 import json
 import logging
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from werkzeug.serving import make_server
 
 from clip_service import create_app
+from clip_service.model.embedder import ClipEmbedder
 from clip_service.web import weaviate
 
 from .helpers import TINY_MODEL, image_bytes
@@ -339,18 +341,23 @@ def test_ready_is_cheap_and_runs_no_inference(app, monkeypatch):
     def no_inference(*args, **kwargs):
         raise AssertionError("the ready probe ran an inference")
 
-    for name in ("probe", "embed_tokens", "embed_pixels", "warm_up"):
+    for name in ("probe", "embed_tokens", "embed_pixels"):
         monkeypatch.setattr(app.extensions["clip_embedder"], name, no_inference)
     assert app.test_client().get("/.well-known/ready").status_code == 204
 
 
-def test_ready_fails_when_the_worker_is_not_healthy(app):
+def test_ready_fails_when_the_worker_is_not_healthy(tiny_checkpoint, monkeypatch):
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")  # broken on purpose: not shared
+    app = weaviate_app(embedder, ready_cache_seconds=0.01)
     client = app.test_client()
     readiness = app.extensions["clip_readiness"]
-    readiness.warm_up_failed = True
+    monkeypatch.setattr(embedder, "probe", lambda timeout: False)
+    assert not readiness.warm_up()  # the warm-up's inference failed
     assert_error(client.get("/.well-known/ready"), 503, "not ready")
     assert client.get("/.well-known/live").status_code == 204  # alive, only not ready
-    readiness.warm_up_failed = False
+    monkeypatch.undo()
+    time.sleep(0.02)
+    assert readiness()  # the next readiness inference succeeds
     assert client.get("/.well-known/ready").status_code == 204
 
 

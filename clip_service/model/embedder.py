@@ -6,21 +6,29 @@ decoded PIL images and gets numpy arrays back.
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import threading
 import time
 from typing import Callable, Sequence
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
 
 from . import prepacked
 from .batching import MicroBatcher
+
+# Re-exported: callers and tests import these from here.
+from .loading import (  # noqa: F401
+    ModelLoadError,
+    load_model,
+    needs_quick_gelu,
+    pretrained_label,
+    pretrained_tag_config,
+    resolve_device,
+)
 from .text_encoding import encode_text_packed, encode_text_trimmed, supports_text_packing, supports_text_trimming
-from .tokenizer import bounded
 
 log = logging.getLogger(__name__)
 
@@ -30,34 +38,6 @@ log = logging.getLogger(__name__)
 _MIN_SPLIT_PART = 4
 # Below this many texts, packing saves too little padding to pay for its mask.
 _MIN_PACKED_BATCH = 4
-
-
-class ModelLoadError(RuntimeError):
-    """The configured weights could not be loaded; the service must not start."""
-
-
-def resolve_device(device: str) -> str:
-    """Map ``auto`` to CUDA when a GPU is present, else CPU."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"CLIP_DEVICE={device} but torch sees no CUDA device")
-    return device
-
-
-def pretrained_tag_config(model_name: str, pretrained: str) -> dict:
-    """open_clip's registry entry for a pretrained tag, or {} when it is a file path."""
-    return open_clip.get_pretrained_cfg(model_name, pretrained) or {}
-
-
-def needs_quick_gelu(model_name: str, pretrained: str) -> bool:
-    """Whether the tag's weights were trained with QuickGELU.
-
-    open_clip only *warns* when a plain config (e.g. ``ViT-B-32``, GELU) meets
-    QuickGELU weights (``laion400m_e32``), and the vectors come out subtly
-    wrong, so the tag's flag is forced onto the model here.
-    """
-    return bool(pretrained_tag_config(model_name, pretrained).get("quick_gelu", False))
 
 
 class ClipEmbedder:
@@ -100,49 +80,25 @@ class ClipEmbedder:
         scale = getattr(self.model, "logit_scale", None)
         return float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
 
-    @property
+    @functools.cached_property
     def pretrained_label(self) -> str:
-        """The tag, or only the file name of a local checkpoint (its directory is nobody's business)."""
-        return os.path.basename(self.pretrained) if os.path.isfile(self.pretrained) else self.pretrained
+        """The tag (also that of a file converted from one), or only a checkpoint's file name."""
+        return pretrained_label(self.model_name, self.pretrained)
 
     @classmethod
     def load(cls, model_name: str, pretrained: str, device: str = "auto", *,
              cache_dir: str | None = None, max_batch: int = 64, prepack: bool = True) -> "ClipEmbedder":
         """Build the model from a pretrained tag or a checkpoint file; never fall back to random weights."""
         started = time.monotonic()
-        tag_cfg = pretrained_tag_config(model_name, pretrained)
-        if not tag_cfg and not os.path.isfile(pretrained):
-            raise ModelLoadError(
-                f"cannot load model {model_name!r} with pretrained {pretrained!r}: it is neither a "
-                f"pretrained tag open_clip knows for this model nor an existing file. "
-                f"Known tags include: {', '.join(open_clip.list_pretrained_tags_by_model(model_name)[:6]) or 'none'}. "
-                f"To run offline, set CLIP_PRETRAINED to a local checkpoint path."
-            )
         device = resolve_device(device)
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name,
-                pretrained=pretrained,
-                device=device,
-                force_quick_gelu=needs_quick_gelu(model_name, pretrained),
-                cache_dir=cache_dir or None,
-            )
-            tokenizer = bounded(open_clip.get_tokenizer(model_name))
-        except Exception as exc:  # any failure here means "no usable weights"
-            source = "pretrained tag" if tag_cfg else "checkpoint file"
-            raise ModelLoadError(
-                f"cannot load model {model_name!r} from {source} {pretrained!r}: "
-                f"{_short_cause(exc)}. If the model hub is unreachable, download the weights "
-                f"elsewhere and set CLIP_PRETRAINED=/path/to/checkpoint.pt "
-                f"(with CLIP_MODEL naming its architecture)."
-            ) from exc
-        if prepack and device == "cpu":
-            prepacked.prepack(model)
+        model, preprocess, tokenizer, stages = load_model(model_name, pretrained, device, cache_dir=cache_dir,
+                                                          prepack=prepack)
         embedder = cls(model, preprocess, tokenizer, model_name=model_name,
                        pretrained=pretrained, device=device, max_batch=max_batch)
         embedder.load_seconds = time.monotonic() - started
-        log.info("loaded model %s (%s) on %s in %.1fs (%d blocks prepacked for oneDNN)", model_name,
-                 pretrained, device, embedder.load_seconds, embedder.prepacked_blocks)
+        log.info("loaded model %s (%s) on %s in %.2fs (%d blocks prepacked for oneDNN; %s)", model_name,
+                 pretrained, device, embedder.load_seconds, embedder.prepacked_blocks,
+                 ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in stages.items()))
         return embedder
 
     def configure(self, *, parallel_forwards: int = 1, batching: bool = False, max_queue: int = 512,
@@ -234,11 +190,6 @@ class ClipEmbedder:
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels, normalize=True)
 
-    def warm_up(self) -> None:
-        """Run one tiny text and image pass so the first real request pays no set-up cost."""
-        with self._forward_slots:
-            self._encode_probe()
-
     def probe(self, timeout: float) -> bool:
         """Prove inference works: a tiny real pass, unless every forward slot stays busy past ``timeout`` (wedged)."""
         if not self._forward_slots.acquire(timeout=timeout):
@@ -268,9 +219,3 @@ def _embed_dim(model) -> int:
         return proj.shape[-1] if isinstance(proj, torch.Tensor) else proj.out_features
     return model.visual.output_dim
 
-
-def _short_cause(exc: BaseException) -> str:
-    """The first sentence of an exception message: libraries' full messages run for paragraphs."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    sentence = text.split(". ")[0]
-    return sentence if len(sentence) <= 200 else sentence[:197] + "..."

@@ -14,6 +14,8 @@ each block is compared with open_clip's own before it is swapped in.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import torch
 from open_clip.transformer import ResidualAttentionBlock
@@ -97,40 +99,61 @@ def _swappable(block: nn.Module) -> bool:
 
 
 @torch.inference_mode()
-def _swap_checked(block: nn.Module, generator: torch.Generator) -> bool:
-    """Swap one block's matrix products; undo the swap unless it gives open_clip's output."""
-    x = torch.randn(2, 7, block.attn.embed_dim, generator=generator)
-    mask = torch.full((7, 7), float("-inf")).triu_(1)
-    expected = block(x, attn_mask=mask), block(x)
+def _swap_checked(block: nn.Module, seed: int, causal: bool,
+                  on_swapped: Callable[[list[torch.Tensor]], None] | None = None) -> bool:
+    """Swap one block's matrix products; undo the swap unless it gives open_clip's output.
+
+    The check runs the block as its tower does: the text tower's with a
+    causal mask, the image tower's without one.
+    """
+    x = torch.randn(2, 7, block.attn.embed_dim, generator=torch.Generator().manual_seed(seed))
+    mask = torch.full((7, 7), float("-inf")).triu_(1) if causal else None
+    expected = block(x, attn_mask=mask)
     original = block.attn, block.mlp.c_fc, block.mlp.c_proj
     block.attn = PrepackedSelfAttention(original[0])
     block.mlp.c_fc = PrepackedLinear(original[1].weight, original[1].bias)
     block.mlp.c_proj = PrepackedLinear(original[2].weight, original[2].bias)
-    actual = block(x, attn_mask=mask), block(x)
-    if all(torch.allclose(a, e, rtol=_TOLERANCE, atol=_TOLERANCE) for a, e in zip(actual, expected)):
+    if torch.allclose(block(x, attn_mask=mask), expected, rtol=_TOLERANCE, atol=_TOLERANCE):
+        if on_swapped is not None:
+            on_swapped([original[0].in_proj_weight, original[0].out_proj.weight, original[1].weight,
+                        original[2].weight])
         return True
     block.attn, block.mlp.c_fc, block.mlp.c_proj = original
     return False
 
 
-def prepack(model: nn.Module) -> int:
+def prepack(model: nn.Module, threads: int = 1,
+            on_swapped: Callable[[list[torch.Tensor]], None] | None = None) -> int:
     """Swap the linear layers of every standard block of ``model``'s text and image towers.
 
     Returns how many blocks were swapped (0 when oneDNN is missing or the
-    architecture is not open_clip's standard block). The original weights
-    are released, so the model takes no extra memory.
+    architecture is not open_clip's standard block); a block whose check
+    fails keeps open_clip's layers. The original weights are released, so
+    the model takes no extra memory. Blocks are independent, so ``threads``
+    of them are reordered and checked at once (torch releases the GIL); each
+    thread runs torch with the caller's intra-op thread count, so a Gunicorn
+    master that keeps one thread (the fork hazard in gunicorn.conf.py) starts
+    no thread pool here either. ``on_swapped`` gets the weights a swapped
+    block no longer uses (loading.py releases their pages of a mapped file).
     """
     if not available():
         return 0
-    generator = torch.Generator().manual_seed(0)
-    towers = [getattr(model, "transformer", None), getattr(getattr(model, "visual", None), "transformer", None)]
-    swapped = 0
-    for tower in towers:
-        for block in getattr(tower, "resblocks", ()):
-            if not _swappable(block):
-                continue
-            if not _swap_checked(block, generator):
-                log.warning("oneDNN prepacking changed a block's output; keeping open_clip's layers")
-                return swapped
-            swapped += 1
-    return swapped
+    towers = [(getattr(model, "transformer", None), True),
+              (getattr(getattr(model, "visual", None), "transformer", None), False)]
+    jobs = [(block, causal) for tower, causal in towers
+            for block in getattr(tower, "resblocks", ()) if _swappable(block)]
+
+    def swap(numbered_job) -> bool:
+        seed, (block, causal) = numbered_job  # a seed per block: the same inputs in any order
+        return _swap_checked(block, seed, causal, on_swapped)
+
+    if threads > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="prepack",
+                                initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+            swapped = list(pool.map(swap, enumerate(jobs)))
+    else:
+        swapped = [swap(job) for job in enumerate(jobs)]
+    if not all(swapped):
+        log.warning("oneDNN prepacking changed the output of %d of %d blocks; those keep open_clip's layers",
+                    swapped.count(False), len(swapped))
+    return sum(swapped)

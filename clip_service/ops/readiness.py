@@ -20,30 +20,27 @@ class Readiness:
         self._lock = threading.Lock()
         self._checked_at: float | None = None
         self._ready = False
-        self.warm_up_failed = False
 
     @property
     def model_loaded(self) -> bool:
         return self.embedder is not None
 
-    def warm_up(self) -> None:
-        """Run the model once before the first request; a failure is reported by /health, not raised."""
-        try:
-            self.embedder.warm_up()
-        except Exception:
-            self.warm_up_failed = True
-            log.exception("warm-up failed: this worker reports unhealthy")
+    def warm_up(self) -> bool:
+        """Run the readiness inference before the first request; a failure is logged and reported, not raised."""
+        ok = self()
+        if not ok:
+            log.error("warm-up failed: this worker reports unhealthy until an inference succeeds")
+        return ok
 
     def healthy(self) -> bool:
-        """Cheap: loaded, warmed up, and the last readiness inference (if any) did not fail."""
-        return self.model_loaded and not self.warm_up_failed and (self._checked_at is None or self._ready)
+        """Cheap: loaded, and the last readiness inference (the warm-up is the first) did not fail."""
+        return self.model_loaded and (self._checked_at is None or self._ready)
 
     def __call__(self) -> bool:
         """Ready: a tiny real inference succeeded within the last ``ttl`` seconds."""
         with self._lock:  # concurrent probes share one inference
             now = self._clock()
             if self._checked_at is None or now - self._checked_at >= self._ttl:
-                self._ready = (self.model_loaded and not self.warm_up_failed
-                               and self.embedder.probe(self._timeout))
+                self._ready = self.model_loaded and self.embedder.probe(self._timeout)
                 self._checked_at = self._clock()
             return self._ready

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def vit_b32_checkpoint(tmp_path_factory) -> Path:
     """A fixed-seed random ViT-B-32 (the real architecture, ~600 MB) for end-to-end tests."""
     return write_random_checkpoint("ViT-B-32", tmp_path_factory.mktemp("vitb32") / "vit-b-32-random.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny model as an open_clip ``local-dir:`` (config and weights), loadable by a subprocess."""
+    directory = tmp_path_factory.mktemp("tiny-model")
+    config = json.loads((TESTS / "model_configs" / f"{TINY_MODEL}.json").read_text())
+    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": {}}))
+    shutil.copy(tiny_checkpoint, directory / "open_clip_pytorch_model.bin")
+    return directory
 
 
 @pytest.fixture(scope="session")

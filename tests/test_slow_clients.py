@@ -14,7 +14,6 @@ import json
 import os
 import re
 import selectors
-import shutil
 import socket
 import threading
 import time
@@ -23,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from .conftest import TESTS, TINY_MODEL
 from .image_server import ImageServer, send_body
 from .test_gunicorn import GunicornProcess
 from .test_gunicorn_ops import _metric
@@ -40,16 +38,6 @@ MAX_BUFFERED = 80_000_000
 SLOW_IMAGE_SECONDS = 4.0
 MARGIN = 1.5  # how late past its deadline a connection may be closed (a loaded CI machine included)
 SECRET = b"hunter2"  # sent in stalled requests; must never reach the log
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tiny_checkpoint, tmp_path_factory):
-    """The tiny model as an open_clip ``local-dir:`` (config and weights), loadable by a subprocess."""
-    directory = tmp_path_factory.mktemp("tiny-model")
-    config = json.loads((TESTS / "model_configs" / f"{TINY_MODEL}.json").read_text())
-    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": {}}))
-    shutil.copy(tiny_checkpoint, directory / "open_clip_pytorch_model.bin")
-    return directory
 
 
 @pytest.fixture(scope="module")

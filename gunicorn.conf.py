@@ -11,6 +11,14 @@ import os
 import shutil
 import tempfile
 
+from clip_service.startup import settings_or_exit
+
+# First, before anything is created or imported: a bad setting ends the start
+# here with one line and exit status 78. Gunicorn's loader turns an exception
+# raised in this file into "Failed to read config file" and a traceback, but
+# lets the SystemExit of settings_or_exit() through.
+settings = settings_or_exit()
+
 # prometheus_client picks its multi-process storage when first imported, so
 # the directory must be in the environment before anything imports it.
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -65,6 +73,7 @@ graceful_timeout = settings.graceful_timeout
 # Recycle workers now and then so slow leaks (allocator fragmentation, caches)
 # cannot grow without bound; the jitter keeps them from restarting together.
 # A recycled worker is forked from the preloaded master: no model reload.
+# 0 turns recycling (or the jitter) off, as it does in Gunicorn.
 max_requests = settings.max_requests
 max_requests_jitter = settings.max_requests_jitter
 # Cloud Run's front end keeps connections open; a short keep-alive frees threads.

@@ -8,7 +8,9 @@ environment variables mirrors the defaults below.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -20,12 +22,18 @@ MIN_API_KEY_CHARS = 16
 
 
 class ConfigError(ValueError):
-    """An environment variable holds a value the service cannot use."""
+    """Environment variables hold values the service cannot use; one problem each, all in one line."""
+
+    def __init__(self, *problems: str):
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
-def _setting(default: Any, env: str | None = None, doc: str = "", minimum: float | None = None):
-    """A setting; numbers must be positive unless ``minimum`` allows more (e.g. 0)."""
-    return field(default=default, metadata={"env": env, "doc": doc, "minimum": minimum})
+def _setting(default: Any, env: str | None = None, doc: str = "", minimum: float | None = None,
+             maximum: float | None = None, secret: bool = False):
+    """A setting; numbers must be positive unless ``minimum`` allows 0; a ``secret`` value is never printed."""
+    return field(default=default, metadata={"env": env, "doc": doc, "minimum": minimum, "maximum": maximum,
+                                            "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,12 @@ class Settings:
     # --- the vector cache (cache/) ---------------------------------------------
     cache_mb: int = _setting(64, doc="MiB of vectors kept per worker in memory (a 512-d vector and its key take "
                                      "about 2.2 KiB: 64 MiB holds about 29,000); 0 turns the cache off", minimum=0)
+    # Secret: a Redis URL may carry a password (redis://:password@host).
     cache_redis_url: str = _setting("", doc="a Redis shared by every instance (redis://host:6379/0, e.g. "
-                                            "Memorystore); empty: memory only")
-    cache_redis_timeout: float = _setting(0.05, doc="seconds a Redis call may take before it counts as a miss")
+                                            "Memorystore); empty: memory only", secret=True)
+    # At most 1 s: a lookup slower than a forward pass saves nothing, and 50 is milliseconds written as seconds.
+    cache_redis_timeout: float = _setting(0.05, doc="seconds a Redis call may take before it counts as a miss",
+                                          maximum=1)
     cache_ttl_seconds: int = _setting(604_800, doc="how long Redis keeps a vector (7 days); 0 keeps it until "
                                                    "Redis evicts it", minimum=0)
 
@@ -97,7 +108,8 @@ class Settings:
 
     # --- access --------------------------------------------------------------
     api_keys: str = _setting("", doc="comma-separated API keys, each at least 16 characters; clients send "
-                                     "Authorization: Bearer <key>. With no keys (and no file) the service is open")
+                                     "Authorization: Bearer <key>. With no keys (and no file) the service is open",
+                             secret=True)
     api_keys_file: str = _setting("", doc="a file of API keys, one per line (# comments and blank lines ignored), "
                                           "e.g. a Secret Manager secret mounted as a file; adds to CLIP_API_KEYS")
     public_docs: bool = _setting(True, doc="with API keys on, /openapi.json, /docs and the demo page still answer "
@@ -125,14 +137,20 @@ class Settings:
                                               "one is dropped")
     max_buffered_bytes: int = _setting(256 * 1024 * 1024, doc="request bodies held in memory per worker, "
                                        "arriving or in service; past it the stalest arriving one gets 503")
-    timeout: int = _setting(60, doc="Gunicorn worker timeout (s) for a silent worker")
-    graceful_timeout: int = _setting(8, doc="seconds in-flight requests get after SIGTERM")
-    max_requests: int = _setting(2000, doc="a worker is recycled after about this many requests")
-    max_requests_jitter: int = _setting(200, doc="random extra requests so workers do not recycle together")
-    ready_cache_seconds: float = _setting(5.0, doc="how long a readiness probe's inference result is reused")
+    # The zeros below mean what they mean to Gunicorn, which gets these values unchanged.
+    timeout: int = _setting(60, doc="Gunicorn worker timeout (s) for a silent worker (0: never, as Gunicorn's "
+                                    "timeout = 0)", minimum=0)
+    graceful_timeout: int = _setting(8, doc="seconds in-flight requests get after SIGTERM (0: none, stop at once)",
+                                     minimum=0)
+    max_requests: int = _setting(2000, doc="a worker is recycled after about this many requests (0: never, as "
+                                           "Gunicorn's max_requests = 0)", minimum=0)
+    max_requests_jitter: int = _setting(200, doc="random extra requests so workers do not recycle together "
+                                                 "(0: none, exactly CLIP_MAX_REQUESTS)", minimum=0)
+    ready_cache_seconds: float = _setting(5.0, doc="how long a readiness probe's inference result is reused "
+                                                   "(0: every probe runs one)", minimum=0)
     ready_timeout: float = _setting(10.0, doc="readiness fails when the model stays busy this long")
-    port: int = _setting(8080, env="PORT", doc="port Gunicorn listens on")
-    log_level: str = _setting("INFO", env="LOG_LEVEL", doc="DEBUG, INFO, WARNING, ERROR")
+    port: int = _setting(8080, env="PORT", doc="port Gunicorn listens on", maximum=65535)
+    log_level: str = _setting("INFO", env="LOG_LEVEL", doc="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)")
 
     @classmethod
     def env_name(cls, f: dataclasses.Field) -> str:
@@ -140,78 +158,147 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
-        """Build settings from defaults, then the environment, then explicit overrides."""
+        """Build settings from defaults, then the environment, then explicit overrides; refuse every bad one."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            name = cls.env_name(f)
-            raw = environ.get(name)
-            if raw is None or raw.strip() == "":
-                continue
-            values[f.name] = _parse(name, raw.strip(), type(f.default))
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - set(fields)
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        given: dict[str, str] = {}
+        unparsed: dict[str, str] = {}
+        for f in fields.values():
+            raw = environ.get(cls.env_name(f))
+            if raw is None or raw.strip() == "":
+                continue
+            given[f.name] = raw.strip()
+            try:
+                values[f.name] = _parse(given[f.name], type(f.default))
+            except ValueError:
+                unparsed[f.name] = _rule(f)  # the field keeps its default, so the others are still checked
         values.update(overrides)
+        given = {name: raw for name, raw in given.items() if name not in overrides}
         settings = cls(**values)
-        settings.validate()
+        # Every bad value at once, in the table's order: one start-up tells the operator all there is to fix.
+        found = {name: reason for name, reason in unparsed.items() if name not in overrides}
+        for name, reason in settings.problems():  # an unparsed value kept its (valid) default
+            found.setdefault(name, reason)
+        if found:
+            raise ConfigError(*(settings._describe(name, found[name], given.get(name))
+                                for name in fields if name in found))
         return settings
 
     def validate(self) -> None:
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"CLIP_DEVICE must be auto, cpu or cuda, not {self.device!r}")
-        if not self.pretrained:
-            # Serving random weights silently is the failure this guards against.
-            raise ConfigError("CLIP_PRETRAINED must name a pretrained tag or a checkpoint file")
+        """Raise ConfigError naming every value these settings cannot run with."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(*(self._describe(name, reason) for name, reason in problems))
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field name, what is accepted) for each value these settings cannot run with, in the fields' order."""
+        found: list[tuple[str, str]] = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                minimum = f.metadata.get("minimum")
-                if (value < minimum) if minimum is not None else (value <= 0):
-                    bound = "positive" if minimum is None else f"at least {minimum:g}"
-                    raise ConfigError(f"{self.env_name(f)} must be {bound}, not {value}")
-        for name, parse in (("fetch_ports", parse_ports), ("fetch_allow", Allowlist.parse)):
+                low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+                if ((value < low) if low is not None else (value <= 0)) or (high is not None and value > high):
+                    found.append((f.name, _rule(f)))
+        if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
+            found.append(("device", "expected auto, cpu, cuda or cuda:N"))
+        if not self.pretrained:
+            # Serving random weights silently is the failure this guards against.
+            found.append(("pretrained", "expected a pretrained tag or a checkpoint file, not nothing"))
+        for name, parse, form in (("fetch_ports", parse_ports, "comma-separated TCP ports from 1 to 65535"),
+                                  ("fetch_allow", Allowlist.parse,
+                                   "comma-separated host:port pairs and CIDR blocks")):
             try:
                 parse(getattr(self, name))
             except ValueError as exc:
-                raise ConfigError(f"CLIP_{name.upper()} is not valid: {exc}") from None
-        self.api_key_list()  # a short key or an unreadable file refuses the start
+                found.append((name, f"expected {form} ({exc})"))
+        if self.cache_redis_url and not self.cache_redis_url.startswith(("redis://", "rediss://", "unix://")):
+            found.append(("cache_redis_url", "expected a redis://, rediss:// or unix:// URL"))
+        if not re.fullmatch(r"[ -~]+", self.fetch_user_agent):
+            found.append(("fetch_user_agent", "expected printable ASCII (it is sent as an HTTP header)"))
+        found.extend(self._api_keys()[1])  # a short key or an unreadable file refuses the start
         if self.max_buffered_bytes < self.max_body_bytes:
-            raise ConfigError("CLIP_MAX_BUFFERED_BYTES must be at least CLIP_MAX_BODY_BYTES")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+            found.append(("max_buffered_bytes", f"expected at least CLIP_MAX_BODY_BYTES ({self.max_body_bytes})"))
+        if self.log_level.upper() not in _LOG_LEVELS:
+            found.append(("log_level", "expected DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)"))
+        first: dict[str, str] = {}
+        for name, reason in found:
+            first.setdefault(name, reason)  # one reason per variable: the first says what is accepted
+        order = list(self.__dataclass_fields__)
+        return sorted(first.items(), key=lambda problem: order.index(problem[0]))
 
     def api_key_list(self) -> tuple[str, ...]:
         """The API keys of CLIP_API_KEYS and CLIP_API_KEYS_FILE; raise ConfigError for a short or missing one."""
-        sources = {ENV_PREFIX + "API_KEYS": [k.strip() for k in self.api_keys.split(",") if k.strip()]}
+        keys, problems = self._api_keys()
+        if problems:
+            raise ConfigError(*(self._describe(name, reason) for name, reason in problems))
+        return keys
+
+    def _api_keys(self) -> tuple[tuple[str, ...], list[tuple[str, str]]]:
+        sources = {"api_keys": [k.strip() for k in self.api_keys.split(",") if k.strip()]}
+        problems: list[tuple[str, str]] = []
         if self.api_keys_file:
             try:
                 with open(self.api_keys_file, encoding="utf-8") as file:
                     lines = [line.strip() for line in file.read().splitlines()]
+                sources["api_keys_file"] = [line for line in lines if line and not line.startswith("#")]
             except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"CLIP_API_KEYS_FILE={self.api_keys_file!r} cannot be read "
-                                  f"({type(exc).__name__}); it must be a UTF-8 file of keys, one per line") from None
-            sources[ENV_PREFIX + "API_KEYS_FILE"] = [line for line in lines if line and not line.startswith("#")]
+                reason = (f"cannot be read ({type(exc).__name__}): expected a readable UTF-8 file of API keys, "
+                          "one per line")
+                problems.append(("api_keys_file", reason))
         for source, keys in sources.items():
-            for position, key in enumerate(keys, 1):
-                if len(key) < MIN_API_KEY_CHARS:
-                    # The key itself is never printed: it would end up in the platform's logs.
-                    raise ConfigError(f"{source}: key {position} has {len(key)} characters; every API key needs "
-                                      f"at least {MIN_API_KEY_CHARS} (make one with: openssl rand -hex 24)")
-        return tuple(dict.fromkeys(key for keys in sources.values() for key in keys))
+            # Only positions and lengths: the keys themselves would end up in the platform's logs.
+            short = [f"key {position} has {len(key)} characters" for position, key in enumerate(keys, 1)
+                     if len(key) < MIN_API_KEY_CHARS]
+            if short:
+                reason = (f"{', '.join(short)}, and every API key needs at least {MIN_API_KEY_CHARS} "
+                          "(make one with: openssl rand -hex 24)")
+                problems.append((source, reason))
+        return tuple(dict.fromkeys(key for keys in sources.values() for key in keys)), problems
+
+    def _describe(self, name: str, reason: str, given: str | None = None) -> str:
+        """One problem as ``VARIABLE='value' is invalid: reason``, a secret's value left out."""
+        f = self.__dataclass_fields__[name]
+        if f.metadata.get("secret"):
+            shown = "(value not shown)"
+        else:
+            shown = repr(given if given is not None else getattr(self, name))
+        return f"{self.env_name(f)}={shown} is invalid: {reason}"
 
 
-def _parse(name: str, raw: str, kind: type) -> Any:
-    try:
-        if kind is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        return kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _parse(raw: str, kind: type) -> Any:
+    """``raw`` as a ``kind``; raise ValueError when it is not one (a float must be finite)."""
+    if kind is bool:
+        if raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        raise ValueError(raw)
+    value = kind(raw)
+    if kind is float and not math.isfinite(value):
+        raise ValueError(raw)
+    return value
+
+
+def _rule(f: dataclasses.Field) -> str:
+    """What the setting ``f`` accepts, as the message of a refused value says it."""
+    kind = type(f.default)
+    if kind is bool:
+        return "expected true or false (or 1/0, yes/no, on/off)"
+    if kind not in (int, float):
+        return f"expected a {kind.__name__}"
+    low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+    if kind is int:
+        low = 1 if low is None else low
+        return f"expected a whole number from {low:g} to {high:g}" if high is not None \
+            else f"expected a whole number, at least {low:g}"
+    bound = "greater than 0" if low is None else f"at least {low:g}"
+    return f"expected a number {bound}" + (f" and at most {high:g}" if high is not None else "")
 
 
 def documented_settings() -> list[tuple[str, Any, str]]:

@@ -49,7 +49,7 @@ def vit_b32_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tiny_checkpoint, tmp_path_factory):
+def tiny_model_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     """The tiny model as an open_clip ``local-dir:`` (config and weights), loadable by a subprocess."""
     directory = tmp_path_factory.mktemp("tiny-model")
     config = json.loads((TESTS / "model_configs" / f"{TINY_MODEL}.json").read_text())

@@ -3,7 +3,7 @@
 #   docker run --rm -p 8080:8080 clip-service
 # scripts/check-container.sh builds and runs this file for real (with Podman) and
 # checks the result; run it after every change here or to requirements.txt.
-FROM python:3.11-slim
+FROM python:3.11-slim AS base
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -13,10 +13,7 @@ ENV PYTHONUNBUFFERED=1 \
     # (CLIP_TORCH_THREADS) after the fork.
     OMP_NUM_THREADS=1 \
     MKL_NUM_THREADS=1 \
-    PORT=8080 \
-    # Weights live inside the image, so every cold start reads them from disk.
-    HF_HOME=/opt/models/hf \
-    CLIP_CACHE_DIR=/opt/models
+    PORT=8080
 
 WORKDIR /app
 
@@ -34,25 +31,33 @@ RUN pip install -r requirements.txt
 
 COPY clip_service ./clip_service
 COPY wsgi.py gunicorn.conf.py ./
+# PYTHONDONTWRITEBYTECODE keeps the running service from writing .pyc files;
+# compile ours once here so no start pays for it (site-packages are compiled by pip).
+RUN python -m compileall -q clip_service
 
-# The weights. CLIP_PRETRAINED is either
-#  - a pretrained tag (the default): the RUN below downloads it through the
-#    service's own loader, which applies the tag's QuickGELU setting, into
-#    CLIP_CACHE_DIR, the path the service reads at run time; or
+# --- the weights, in a stage of their own: only the converted file reaches the image ---
+FROM base AS weights
+# CLIP_PRETRAINED is either
+#  - a pretrained tag (the default), downloaded here through open_clip; or
 #  - the path of a checkpoint file under weights/ in the build context, e.g.
 #    --build-arg CLIP_PRETRAINED=weights/vit-b-32.pt, for builds with no route
-#    to the model hub. The folder is copied as is, so the same relative path
-#    names the file under /app, the working directory at run time.
+#    to the model hub (add CLIP_TAG=laion400m_e32 when it holds a tag's weights,
+#    so the file keeps the tag's QuickGELU and preprocessing).
 # weights/ holds only its README unless you put a checkpoint there.
 ARG CLIP_MODEL=ViT-B-32
 ARG CLIP_PRETRAINED=laion400m_e32
-ENV CLIP_MODEL=${CLIP_MODEL} CLIP_PRETRAINED=${CLIP_PRETRAINED}
+ARG CLIP_TAG=""
 COPY weights ./weights
-# One load through the loader the service uses: it downloads a tag's weights,
-# and proves a baked checkpoint fits CLIP_MODEL, before the image exists.
-# A step that converts the weights into a faster-loading form goes after it.
-RUN python -c "import os; from clip_service.model.embedder import ClipEmbedder; \
-ClipEmbedder.load(os.environ['CLIP_MODEL'], os.environ['CLIP_PRETRAINED'], 'cpu', cache_dir=os.environ['CLIP_CACHE_DIR'])"
+# Stored as the form the service loads fastest: safetensors, memory-mapped at
+# start-up, with QuickGELU and the preprocessing in its header. The command
+# checks the file gives open_clip's vectors bit for bit, or fails the build.
+RUN python -m clip_service.model.convert --model "$CLIP_MODEL" ${CLIP_TAG:+--tag "$CLIP_TAG"} \
+        --cache-dir /tmp/clip-download "$CLIP_PRETRAINED" /opt/models/weights.safetensors
+
+FROM base
+ARG CLIP_MODEL=ViT-B-32
+COPY --from=weights /opt/models /opt/models
+ENV CLIP_MODEL=${CLIP_MODEL} CLIP_PRETRAINED=/opt/models/weights.safetensors
 
 # From here on nothing may reach a model hub: a missing file fails the start.
 ENV HF_HUB_OFFLINE=1

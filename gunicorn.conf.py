@@ -33,10 +33,8 @@ else:
         if _name.endswith(".db"):
             os.remove(os.path.join(_metrics_dir, _name))
 
-from clip_service.config import Settings  # noqa: E402
 from clip_service.ops.prefetch import prefetch  # noqa: E402
 
-settings = Settings.from_env()
 # Cold start: the disk reads the weights while torch and the app are imported.
 prefetch(settings.pretrained)
 

@@ -96,7 +96,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 class Service:
     """``gunicorn wsgi:app`` on 127.0.0.1 with the benchmark checkpoint and ``env`` on top."""
 
-    def __init__(self, env: dict[str, str], photo_port: int | None = None):
+    def __init__(self, env: dict[str, str], photo_port: int | None = None, cwd: Path | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         full = {**os.environ, "CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": str(checkpoint()),
@@ -107,7 +107,7 @@ class Service:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.port}",
              "--access-logfile", "/dev/null"],
-            cwd=ROOT, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cwd=cwd or ROOT, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.startup_seconds = self._wait_healthy()
 
     def _wait_healthy(self, timeout: float = 180) -> float:

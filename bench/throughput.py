@@ -201,7 +201,8 @@ def main() -> None:
     report["service"] = {}
     for name, env in configs.items():
         print(f"service: {name}", flush=True)
-        svc = Service(env, photo_port=photos.port)
+        # The vector cache off: the scenarios repeat texts and photos, and measure the model's path.
+        svc = Service({"CLIP_CACHE_MB": "0", **env}, photo_port=photos.port)
         sampler = MemorySampler(svc)
         try:
             results = service_scenarios(svc, photos, only=subsets.get(name))

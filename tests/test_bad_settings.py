@@ -18,7 +18,7 @@ import time
 import pytest
 import requests
 
-from .test_gunicorn import ROOT, GunicornProcess, free_port, log_records
+from .helpers import ROOT, GunicornProcess, free_port, log_records
 
 pytestmark = pytest.mark.e2e
 

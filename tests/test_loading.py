@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from clip_service.model import convert, loading, prepacked
 from clip_service.model.embedder import ClipEmbedder, ModelLoadError
 
-from .conftest import TESTS, TINY_MODEL, write_random_checkpoint
+from .helpers import TESTS, TINY_MODEL, write_random_checkpoint
 
 ROOT = TESTS.parent
 TIMM_MODEL = "clip-service-tiny-timm"  # a timm image tower: the fast path leaves it to open_clip
@@ -246,7 +246,7 @@ def test_a_converted_file_round_trips_with_the_tags_settings(tmp_path, tiny_chec
 def test_a_converted_file_serves_through_the_environment(monkeypatch, tmp_path, tiny_checkpoint, reference_model):
     from clip_service import create_app
 
-    from .conftest import reference_text_vectors
+    from .helpers import reference_text_vectors
 
     dest = tmp_path / "served.safetensors"
     assert convert.main(["--model", TINY_MODEL, str(tiny_checkpoint), str(dest)]) == 0
@@ -421,7 +421,7 @@ def test_gunicorn_serves_a_converted_tag_with_its_quick_gelu(monkeypatch, tmp_pa
     import numpy as np
     import requests
 
-    from .test_gunicorn import GunicornProcess
+    from .helpers import GunicornProcess
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "laion400m_e32.pt"

@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 
 # A request is split across idle runners only into parts at least this big:
-# smaller batches lose more to per-pass overhead than they gain from a core.
-_MIN_SPLIT_PART = 4
+# smaller batches lose more to per-pass overhead than they gain from a core. A
+# short text is a few rows through the model, so a part needs several; one image
+# is already 50 rows (ViT-B-32's patches), so a lone request of 2 images uses 2 cores.
+_MIN_SPLIT_PART = {"text": 4, "image": 1}
 # Below this many texts, packing saves too little padding to pay for its mask.
 _MIN_PACKED_BATCH = 4
 
@@ -158,7 +160,7 @@ class ClipEmbedder:
             return self._forward(modality, inputs)
         # Split a big request so idle runners can share it; a busy batcher
         # merges the parts again, so nothing is lost when they are not idle.
-        pieces = min(self.parallel_forwards, len(inputs) // _MIN_SPLIT_PART) or 1
+        pieces = min(self.parallel_forwards, len(inputs) // _MIN_SPLIT_PART[modality]) or 1
         parts = torch.tensor_split(inputs, pieces) if pieces > 1 else (inputs,)
         results = batcher.submit_many([(part, len(part)) for part in parts])
         return results[0] if len(results) == 1 else np.concatenate(results)

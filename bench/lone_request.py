@@ -1,0 +1,164 @@
+"""A lone request's use of the cores, side by side in one run: this service, the code before, the seed, open_clip.
+
+    python bench/lone_request.py          # writes bench/results/lone_request.md and .json
+
+Issue #15 part 2. Four services run one after another on the same checkpoint
+(fixed-seed random ViT-B-32), photos and machine:
+  - "now": this checkout (vector cache off, so repeated photos cost the model each time);
+  - "before": the code when the issue was filed (commit 2379a78), from a temporary worktree;
+  - "seed": the first version of the service (commit f558a89), the issue's "seed-style baseline";
+and plain open_clip in this process: decode with JPEG draft, preprocess and encode_image on both cores.
+Scenarios: 4 photos of 12 MP per request from 1 client; single 640 px photos from 8 clients; and, for
+now/before, the scenarios at their limit today (text batches, single texts, 16-URL requests).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+from PIL import Image, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import PHOTOS, ROOT, PhotoServer, Service, checkpoint, make_texts, run_load  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMMITS = {"before": "2379a78", "seed": "f558a89"}
+TEXTS = make_texts(512)
+SMALL = [f"photo640/{p.name}" for p in sorted((PHOTOS / "photo640").iterdir())] + ["orig/rocket.jpg", "orig/retina.jpg"]
+
+
+def post(session, url: str, body: dict) -> bool:
+    response = session.post(url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}, timeout=300)
+    return response.status_code == 200 and not response.json().get("errors")
+
+
+def large_photos(folder: Path) -> list[str]:
+    """Four distinct 12 MP JPEGs: the three in large/ and a mirrored one (distinct bytes)."""
+    names = []
+    sources = sorted((PHOTOS / "large").iterdir())
+    for i, source in enumerate(sources + sources[:1]):
+        image = Image.open(source)
+        if i >= len(sources):
+            image = ImageOps.mirror(image)
+        name = f"large_{i}.jpg"
+        image.save(folder / name, "JPEG", quality=92)
+        names.append(name)
+    return names
+
+
+def scenarios(base: str, photos: PhotoServer, large: list[str], *, full: bool) -> dict:
+    rng = random.Random(1)
+    small = [photos.url(f) for f in SMALL]
+    todo = {
+        "4 x 12 MP per request, 1 client": (lambda s: post(s, base + "/embed/image", {"urls": large}), 1, 12, 4),
+        "single image, 8 clients": (lambda s: post(s, base + "/embed/image", {"urls": [rng.choice(small)]}), 8, 96, 1),
+    }
+    if full:
+        todo.update({
+            "text batch 32, 2 clients": (lambda s: post(s, base + "/embed/text", {"texts": rng.sample(TEXTS, 32)}),
+                                         2, 40, 32),
+            "single text, 8 clients": (lambda s: post(s, base + "/embed/text", {"texts": [rng.choice(TEXTS)]}),
+                                       8, 480, 1),
+            "image batch 16 URLs, 2 clients": (lambda s: post(s, base + "/embed/image", {"urls": small[:16]}), 2, 20, 16),
+        })
+    out = {}
+    for name, (send, clients, total, items) in todo.items():
+        import requests
+
+        post(requests.Session(), base + "/embed/text", {"texts": ["warm"]})
+        out[name] = run_load(send, clients=clients, requests_total=total, items_per_request=items, max_seconds=300)
+        print(f"  {name}: {out[name]}", flush=True)
+    return out
+
+
+def in_process(large_files: list[Path]) -> dict:
+    """open_clip in this process: draft-decode, preprocess and encode the 4 photos, torch on both cores."""
+    import open_clip
+    import torch
+
+    from clip_service.images.decoding import decode_image
+
+    torch.set_num_threads(2)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint()))
+    model.eval()
+    data = [f.read_bytes() for f in large_files]
+
+    def once():
+        pixels = torch.stack([preprocess(decode_image(d, max_pixels=10**8, draft_size=224)) for d in data])
+        with torch.inference_mode():
+            model.encode_image(pixels, normalize=True)
+
+    once()
+    started, rounds = time.perf_counter(), 6
+    for _ in range(rounds):
+        once()
+    return {"items_per_s": len(data) * rounds / (time.perf_counter() - started)}
+
+
+def worktree(commit: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"clip-{commit}-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, check=True,
+                   capture_output=True)
+    return path
+
+
+def main() -> None:
+    checkpoint()
+    photos = PhotoServer()
+    report: dict = {"commits": COMMITS}
+    trees = {}
+    try:
+        with tempfile.TemporaryDirectory(dir=PHOTOS) as folder:
+            names = large_photos(Path(folder))
+            large = [photos.url(f"{Path(folder).name}/{n}") for n in names]
+            report["in-process open_clip, draft decoding, 2 threads"] = in_process([Path(folder) / n for n in names])
+            print("in-process:", report["in-process open_clip, draft decoding, 2 threads"], flush=True)
+            for label in ("now", "before", "seed"):
+                cwd = None if label == "now" else trees.setdefault(label, worktree(COMMITS[label]))
+                print(f"service: {label}", flush=True)
+                svc = Service({"CLIP_CACHE_MB": "0"}, photo_port=photos.port, cwd=cwd)
+                try:
+                    report[label] = scenarios(svc.base, photos, large, full=label != "seed")
+                finally:
+                    svc.stop()
+    finally:
+        photos.close()
+        for path in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "lone_request.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / "lone_request.md").write_text(render(report))
+    print(render(report))
+
+
+def render(report: dict) -> str:
+    now, before, seed = report["now"], report["before"], report["seed"]
+    inproc = report["in-process open_clip, draft decoding, 2 threads"]["items_per_s"]
+    lines = ["# A lone request and the busy case, side by side in one run", "",
+             f"`python bench/lone_request.py`, {time.strftime('%Y-%m-%d')}, fixed-seed random ViT-B-32, 2 vCPU; "
+             f"before = {report['commits']['before']}, seed = {report['commits']['seed']}; vector cache off.", "",
+             "| scenario | now (items/s) | before | seed | now / seed | now / before | now / in-process |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in now.items():
+        b = before.get(name, {}).get("items_per_s")
+        s = seed.get(name, {}).get("items_per_s")
+        ratio = lambda x: f"{r['items_per_s'] / x:.2f}x" if x else "-"  # noqa: E731
+        ip = f"{r['items_per_s'] / inproc:.2f}x" if name.startswith("4 x 12 MP") else "-"
+        lines.append(f"| {name} | {r['items_per_s']:.1f} | {b or 0:.1f} | {s or 0:.1f} | {ratio(s)} | {ratio(b)} | {ip} |")
+    lines += ["", f"In-process open_clip (draft decoding, preprocess, encode_image of the same 4 photos, 2 torch "
+                  f"threads): {inproc:.2f} photos/s."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

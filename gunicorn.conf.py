@@ -33,7 +33,12 @@ else:
         if _name.endswith(".db"):
             os.remove(os.path.join(_metrics_dir, _name))
 
+from clip_service.ops.allocator import return_large_blocks_to_the_os  # noqa: E402
 from clip_service.ops.prefetch import prefetch  # noqa: E402
+
+# Large freed buffers (decoded images) go back to the system, not to a thread's
+# arena: the decode budget then bounds the RSS too. Inherited by the workers.
+return_large_blocks_to_the_os()
 
 # Cold start: the disk reads the weights while torch and the app are imported.
 prefetch(settings.pretrained)

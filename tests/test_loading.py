@@ -243,6 +243,22 @@ def test_a_converted_file_round_trips_with_the_tags_settings(tmp_path, tiny_chec
     _assert_same_model(loaded, _reference(TINY_MODEL, "quickgelu-tag", force_quick_gelu=True), TINY_MODEL)
 
 
+def test_a_converted_file_names_its_weights_by_their_digest_for_the_cache(tmp_path, tiny_checkpoint):
+    from clip_service.cache.keys import weights_identity
+
+    dest = tmp_path / "tiny.safetensors"
+    assert convert.main(["--model", TINY_MODEL, str(tiny_checkpoint), str(dest)]) == 0
+    with safe_open(str(dest), framework="pt") as f:
+        recorded = f.metadata()[loading.META_WEIGHTS_SHA256]
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    assert recorded == loading.weights_digest(tensors)  # the digest is of exactly the weights in the file
+    assert weights_identity(str(dest)) == f"weights-sha256:{recorded}"
+    other = tmp_path / "other.safetensors"
+    assert convert.main(["--model", TINY_MODEL, str(write_random_checkpoint(TINY_MODEL, tmp_path / "o.pt", seed=5)),
+                         str(other)]) == 0
+    assert weights_identity(str(other)) != weights_identity(str(dest))
+
+
 def test_a_converted_file_serves_through_the_environment(monkeypatch, tmp_path, tiny_checkpoint, reference_model):
     from clip_service import create_app
 

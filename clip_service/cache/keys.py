@@ -14,6 +14,8 @@ import threading
 import numpy as np
 import open_clip
 
+from ..model.loading import META_WEIGHTS_SHA256, converted_metadata
+
 # Bump when a change to the code changes the vectors for the same inputs.
 FORMAT = "clip-service/vectors/1"
 
@@ -46,9 +48,19 @@ class WeightsIdentityInBackground:
 
 
 def weights_identity(pretrained: str) -> str:
-    """A pretrained tag as it is (its files never change), or a checkpoint file by the SHA-256 of its bytes."""
+    """A pretrained tag as it is (its files never change), or a checkpoint file by the SHA-256 of its bytes.
+
+    A file written by ``python -m clip_service.model.convert`` carries the
+    SHA-256 of its weights in its header: that is read instead, in no time.
+    """
     if not os.path.isfile(pretrained):
         return f"tag:{pretrained}:open_clip-{open_clip.__version__}"
+    try:
+        recorded = converted_metadata(pretrained).get(META_WEIGHTS_SHA256)
+    except Exception:  # not a readable safetensors file: its bytes decide
+        recorded = None
+    if recorded:
+        return f"weights-sha256:{recorded}"
     digest = hashlib.sha256()
     with open(pretrained, "rb") as file:
         while chunk := file.read(1 << 20):

@@ -111,6 +111,8 @@ def decode_cost(img: Image.Image) -> int:
     per_pixel = _PEAK_BYTES_PER_PIXEL.get(img.mode, _MOST_BYTES_PER_PIXEL)
     if img.mode == "P" and "transparency" in img.info:
         per_pixel = _PEAK_BYTES_PER_PIXEL["RGBA"] + 1  # the palette image, then RGBA and RGB copies
+    if img.format == "GIF":
+        per_pixel += 1  # the decoder keeps the previous frame beside the frame (measured)
     return width * height * per_pixel
 
 

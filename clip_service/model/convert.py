@@ -36,11 +36,13 @@ from .loading import (
     META_PREPROCESS,
     META_PRETRAINED,
     META_QUICK_GELU,
+    META_WEIGHTS_SHA256,
     ModelLoadError,
     converted_metadata,
     load_model,
     preprocess_arguments,
     pretrained_tag_config,
+    weights_digest,
 )
 
 # The preprocessing settings a tag may carry (open_clip's PreprocessCfg fields less size and mode).
@@ -97,6 +99,7 @@ def convert(model_name: str, source: str, dest: str, *, tag: str | None = None, 
         META_PREPROCESS: json.dumps({k: tag_cfg[k] for k in _PREPROCESS_KEYS if k in tag_cfg}),
     }
     tensors = {name: tensor.contiguous() for name, tensor in reference.state_dict().items()}
+    metadata[META_WEIGHTS_SHA256] = weights_digest(tensors)
     partial = dest + ".partial"
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     save_file(tensors, partial, metadata=metadata)

@@ -29,6 +29,7 @@ fault the served weights.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -57,6 +58,8 @@ META_MODEL = "clip_service.model"
 META_PRETRAINED = "clip_service.pretrained"
 META_QUICK_GELU = "clip_service.quick_gelu"
 META_PREPROCESS = "clip_service.preprocess"
+# SHA-256 of the weights' bytes (every tensor, by name), so a cache can key on them without hashing the file.
+META_WEIGHTS_SHA256 = "clip_service.weights_sha256"
 
 # Prepacking at load uses every core this process may run on (it runs before
 # the workers fork, when nothing else competes for them); 8 is plenty.
@@ -96,6 +99,16 @@ def needs_quick_gelu(model_name: str, pretrained: str) -> bool:
     wrong, so the tag's flag is forced onto the model here.
     """
     return bool(pretrained_tag_config(model_name, pretrained).get("quick_gelu", False))
+
+
+def weights_digest(tensors: dict) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def converted_metadata(path: str) -> dict[str, str]:

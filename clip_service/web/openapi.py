@@ -76,3 +76,21 @@ def add_error_response(api: Api, name: str, schema, description: str) -> None:
     """Add a reusable error response (``#/components/responses/<name>``) for views to reference."""
     api.spec.components.response(name, {"description": description,
                                          "content": {"application/json": {"schema": schema}}})
+
+
+def error_docs(blueprint, schema, descriptions: dict[int, str], *, default: str | None = None):
+    """``documents(*statuses)``: a view decorator documenting those error answers of ``blueprint``.
+
+    ``default`` names a components response that documents every other answer
+    (an API with its own error shape); without it they stay the envelope.
+    """
+
+    def documents(*statuses: int):
+        def decorate(view):
+            for status in statuses:
+                view = blueprint.alt_response(status, schema=schema, description=descriptions[status])(view)
+            return blueprint.doc(responses={"default": default})(view) if default else view
+
+        return decorate
+
+    return documents

@@ -26,7 +26,7 @@ from ..pipeline import ItemFailure
 from . import current
 from .errors import ApiError
 from .jsonio import JsonBodyParser, json_response
-from .openapi import add_error_response
+from .openapi import add_error_response, error_docs
 from .schemas import LimitedList, LimitedString
 
 log = logging.getLogger(__name__)
@@ -149,23 +149,15 @@ def _image_failure(failures: list[ItemFailure]) -> ApiError:
     return ApiError(400, message)
 
 
-def _documents_errors(*statuses):
-    descriptions = {
-        400: "The body is not JSON, or an image could not be used (the message names images[i] and its code: "
-             "invalid_url for bad base64, not_an_image, unsupported_format, too_large, decode_failed).",
-        413: "The body is larger than CLIP_MAX_BODY_BYTES.",
-        415: "The Content-Type is neither absent nor application/json (UTF-8).",
-        422: "The JSON is not a valid request (too many texts or images, a text too long, a wrong type).",
-        503: "The model is not ready (ready), or the worker is too busy (vectorize).",
-    }
-
-    def decorate(view):
-        for status in statuses:
-            view = bp.alt_response(status, schema=WeaviateErrorSchema, description=descriptions[status])(view)
-        # Answers not listed are in Weaviate's shape too, not the service's envelope.
-        return bp.doc(responses={"default": ERROR_RESPONSE})(view)
-
-    return decorate
+# Answers not listed are in Weaviate's shape too, not the service's envelope.
+_documents_errors = error_docs(bp, WeaviateErrorSchema, {
+    400: "The body is not JSON, or an image could not be used (the message names images[i] and its code: "
+         "invalid_url for bad base64, not_an_image, unsupported_format, too_large, decode_failed).",
+    413: "The body is larger than CLIP_MAX_BODY_BYTES.",
+    415: "The Content-Type is neither absent nor application/json (UTF-8).",
+    422: "The JSON is not a valid request (too many texts or images, a text too long, a wrong type).",
+    503: "The model is not ready (ready), or the worker is too busy (vectorize).",
+}, default=ERROR_RESPONSE)
 
 
 # --- views ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from ...pipeline import ItemFailure, ModelInfo
 from .. import current
 from ..errors import ApiError
 from ..jsonio import JsonBodyParser, json_response
-from ..openapi import add_error_response
+from ..openapi import add_error_response, error_docs
 from .errors import PREFIX, render_openai
 from .format import encode_vector
 from .schemas import (
@@ -41,22 +41,14 @@ def register(app: Flask, api: Api) -> None:
     api.register_blueprint(bp)
 
 
-def _documents_errors(*statuses):
-    descriptions = {
-        400: "The body is not JSON or not a valid request (field by field in param), dimensions is not "
-             "the model's, or an image failed (param names it, code says why).",
-        404: "The model is not the one this service serves.",
-        413: "The body is larger than CLIP_MAX_BODY_BYTES.",
-        415: "The Content-Type is not application/json (UTF-8).",
-    }
-
-    def decorate(view):
-        for status in statuses:
-            view = bp.alt_response(status, schema=OpenAIErrorSchema, description=descriptions[status])(view)
-        # Answers not listed are in OpenAI's shape too, not the service's envelope.
-        return bp.doc(responses={"default": ERROR_RESPONSE})(view)
-
-    return decorate
+# Answers not listed are in OpenAI's shape too, not the service's envelope.
+_documents_errors = error_docs(bp, OpenAIErrorSchema, {
+    400: "The body is not JSON or not a valid request (field by field in param), dimensions is not "
+         "the model's, or an image failed (param names it, code says why).",
+    404: "The model is not the one this service serves.",
+    413: "The body is larger than CLIP_MAX_BODY_BYTES.",
+    415: "The Content-Type is not application/json (UTF-8).",
+}, default=ERROR_RESPONSE)
 
 
 def _model(info: ModelInfo) -> dict:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 from flask import Flask
 
 from .config import Settings
-from .images.fetcher import FetchLimits, ImageFetcher
+from .images.fetcher import ImageFetcher
 from .model.embedder import ClipEmbedder
 from .ops import observability
 from .ops.logs import configure_logging
 from .ops.readiness import Readiness
-from .pipeline import EmbeddingPipeline
+from .runtime import build_pipeline
 from .web.errors import register_error_handlers
 from .web.jsonio import OrjsonProvider
 from .web.openapi import create_api
@@ -39,16 +38,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
     if not app.testing:
         configure_logging(settings.log_level)
 
-    if embedder is None:
-        embedder = ClipEmbedder.load(settings.model_name, settings.pretrained, settings.device,
-                                     cache_dir=settings.cache_dir, max_batch=settings.max_batch,
-                                     prepack=settings.onednn_prepack)
-    embedder.configure(parallel_forwards=settings.batch_runners, batching=settings.batching,
-                       max_queue=settings.batch_max_queue, window_s=settings.batch_window_ms / 1000)
-    if fetcher is None:
-        fetcher = _fetcher(settings, embedder)
+    pipeline = build_pipeline(settings, embedder=embedder, fetcher=fetcher)
+    embedder = pipeline.embedder
     app.extensions["clip_embedder"] = embedder
-    app.extensions["clip_pipeline"] = EmbeddingPipeline(embedder, fetcher)
+    app.extensions["clip_pipeline"] = pipeline
     app.extensions["clip_readiness"] = Readiness(embedder, ttl=settings.ready_cache_seconds,
                                                  timeout=settings.ready_timeout)
 
@@ -63,11 +56,3 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
     openai_views.register(app, api)
     observability.init_app(app)
     return app
-
-
-def _fetcher(settings: Settings, embedder: ClipEmbedder) -> ImageFetcher:
-    # Each limit is the setting of the same name, with or without the fetch_ prefix.
-    names = {f.name: f"fetch_{f.name}" if hasattr(settings, f"fetch_{f.name}") else f.name
-             for f in dataclasses.fields(FetchLimits)}
-    limits = FetchLimits(**{name: getattr(settings, setting) for name, setting in names.items()})
-    return ImageFetcher(limits, draft_size=embedder.input_size if settings.jpeg_draft else None)

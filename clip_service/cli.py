@@ -125,6 +125,7 @@ class _SettingsError(Exception):
 
 
 def _local_backend():
+    from .bulk.inputs import InputError
     from .config import ConfigError, Settings
 
     try:
@@ -135,8 +136,8 @@ def _local_backend():
         from .bulk.local import LocalBackend
         from .model.embedder import ModelLoadError
     except ImportError as exc:
-        raise _SettingsError(f"running the model in-process needs {exc.name} (the service's requirements.txt); "
-                             "or pass --url to use a running service") from None
+        raise InputError(f"running the model in-process needs {exc.name}: pip install 'clip-service[server]' "
+                         "(or pass --url to use a running service)") from None
     try:
         return LocalBackend(settings)
     except ModelLoadError as exc:

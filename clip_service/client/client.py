@@ -97,6 +97,9 @@ class ClipClient:
             if not isinstance(text, str):
                 outcomes[i] = FailedItem(i, "invalid_input", f"a text must be a string, not {type(text).__name__}",
                                          "<text>")
+            elif not _encodable(text):
+                outcomes[i] = FailedItem(i, "invalid_input", "the text is not valid Unicode (a lone surrogate)",
+                                         "<text>")
             elif limits.max_text_chars is not None and len(text) > limits.max_text_chars:
                 outcomes[i] = FailedItem(i, "too_long", f"longer than the service's {limits.max_text_chars} "
                                                         "characters per text", "<text>")
@@ -164,6 +167,10 @@ class ClipClient:
             url = sources.to_url(image)  # read here, batch by batch, so only one batch's bytes are held
             if isinstance(url, Unusable):
                 outcomes[i] = FailedItem(i, url.code, url.message, sources.describe(image))
+                continue
+            if not _encodable(url):
+                outcomes[i] = FailedItem(i, "invalid_url", "the URL is not valid Unicode (a lone surrogate)",
+                                         "<url>")
                 continue
             if (limits.max_url_chars is not None and not url[:5].lower() == "data:"
                     and len(url) > limits.max_url_chars):
@@ -255,3 +262,12 @@ def _refused_items(response, field: str, count: int) -> dict[int, str]:
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}
     return refused if refused and all(0 <= j < count for j in refused) else {}
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` can travel as UTF-8 JSON (a lone surrogate cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

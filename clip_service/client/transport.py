@@ -117,7 +117,7 @@ class Transport:
         response = self.send("GET", path, None, deadline, retry_connection_errors=retry_connection_errors)
         if response.status_code != 200:
             raise NotAClipService(f"GET {self.base_url}{path} answered {response.status_code} "
-                                  f"({error_message(response)}): is {self.base_url} a clip-service?")
+                                  f"{response.reason or ''}: is {self.base_url} a clip-service?")
         try:
             return _loads(response.content)
         except ValueError:

@@ -20,6 +20,7 @@ class LocalBackend:
         from ..runtime import build_pipeline
 
         # As each Gunicorn worker does: CLIP_TORCH_THREADS threads per pass, CLIP_BATCH_RUNNERS passes at once.
+        self._threads_before = torch.get_num_threads()
         torch.set_num_threads(settings.torch_threads)
         self.settings = settings
         self.pipeline = build_pipeline(settings)
@@ -86,4 +87,6 @@ class LocalBackend:
                 delay = min(1.0, delay * 2)
 
     def close(self) -> None:
-        pass
+        import torch
+
+        torch.set_num_threads(self._threads_before)  # a caller in the same process gets its threads back

@@ -100,10 +100,7 @@ def embed_command(args: argparse.Namespace) -> int:
                 vectors, _ = bulk_store.export_npy(store, output, (item.id for item in items))
                 ids, errors = bulk_store.npy_paths(output)[1:]
                 where = f"{output} ({vectors} vectors), {ids.name}, {errors.name}"
-            speed = (f"{tally.elapsed():.1f} s, {tally.rate():.1f} items/s" if tally.done
-                     else "nothing left to do")
-            _say(f"{tally.total} items: {tally.embedded} embedded, {tally.failed} failed, {tally.already} "
-                 f"written before; {speed} -> {where}")
+            _say(_summary(tally, where))
             return 0
         except KeyboardInterrupt:
             return _fail(_stopped("interrupted", job), EXIT_INTERRUPTED)
@@ -113,6 +110,8 @@ def embed_command(args: argparse.Namespace) -> int:
             return _fail(_stopped(str(exc), job), EXIT_SERVICE)
         except _SettingsError as exc:
             return _fail(str(exc), EXIT_SETTINGS)
+        except OSError as exc:  # the output cannot be written (disk full, permissions)
+            return _fail(_stopped(f"cannot write {output}: {exc.strerror or exc}", job), EXIT_USAGE)
         finally:
             if store is not None:
                 store.close()
@@ -142,6 +141,12 @@ def _local_backend():
         return LocalBackend(settings)
     except ModelLoadError as exc:
         raise _SettingsError(str(exc)) from None
+
+
+def _summary(tally, where: str) -> str:
+    speed = f"{tally.elapsed():.1f} s, {tally.rate():.1f} items/s" if tally.done else "nothing left to do"
+    return (f"{tally.total} items: {tally.embedded} embedded, {tally.failed} failed, {tally.already} written before; "
+            f"{speed} -> {where}")
 
 
 def _stopped(reason: str, job) -> str:

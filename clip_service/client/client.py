@@ -13,7 +13,7 @@ from .errors import NotAClipService, RequestRejected
 from .limits import Limits
 from .results import Classifications, Embeddings, FailedItem, ModelInfo
 from .sources import ImageInput, Unusable
-from .transport import RetryPolicy, Transport, _loads, error_message
+from .transport import RetryPolicy, Transport, error_message, loads
 
 # What one item of a batch came back as: the answer's row for it, or why it has none.
 Outcome = Any | FailedItem
@@ -160,7 +160,7 @@ class ClipClient:
 
     def _image_batches(self, images: list, per_request: int, limits: Limits,
                        outcomes: dict[int, Outcome]) -> Iterable[list[tuple[int, str]]]:
-        """Batches of (index, url) of at most ``per_request`` items and ``max_request_bytes``; unusable images go to ``outcomes``."""
+        """Yield (index, url) batches the service accepts; put images that cannot be sent in ``outcomes``."""
         batch: list[tuple[int, str]] = []
         size = 0
         for i, image in enumerate(images):
@@ -222,7 +222,7 @@ class ClipClient:
 
     def _answer(self, path: str, key: str, batch: list[tuple[int, Any]], response, describe) -> dict[int, Outcome]:
         try:
-            body = _loads(response.content)
+            body = loads(response.content)
             rows = body[key]
             if not isinstance(rows, list) or len(rows) != len(batch):
                 raise ValueError
@@ -257,7 +257,7 @@ class ClipClient:
 def _refused_items(response, field: str, count: int) -> dict[int, str]:
     """The items a 422 answer names ({"errors": {field: {"<index>": [messages]}}}), by position."""
     try:
-        per_item = _loads(response.content)["errors"][field]
+        per_item = loads(response.content)["errors"][field]
         refused = {int(k): "; ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in per_item.items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}

@@ -26,15 +26,15 @@ from .errors import AuthenticationError, DeadlineExceeded, NotAClipService, Serv
 try:  # a faster JSON codec when it is installed (the service has it); the standard one otherwise
     import orjson
 
-    def _dumps(value: Any) -> bytes:
+    def dumps(value: Any) -> bytes:
         return orjson.dumps(value)
 
-    _loads = orjson.loads
+    loads = orjson.loads
 except ImportError:  # pragma: no cover - depends on the environment
-    def _dumps(value: Any) -> bytes:
+    def dumps(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
-    _loads = json.loads
+    loads = json.loads
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _AUTH_STATUSES = frozenset({401, 403})
@@ -78,7 +78,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 def error_message(response: requests.Response) -> str:
     """The service's message from its error envelope (or OpenAI's shape), else the status line."""
     try:
-        body = _loads(response.content)
+        body = loads(response.content)
     except ValueError:
         body = None
     if isinstance(body, dict):
@@ -119,14 +119,14 @@ class Transport:
             raise NotAClipService(f"GET {self.base_url}{path} answered {response.status_code} "
                                   f"{response.reason or ''}: is {self.base_url} a clip-service?")
         try:
-            return _loads(response.content)
+            return loads(response.content)
         except ValueError:
             raise NotAClipService(f"GET {self.base_url}{path} did not answer JSON; "
                                   f"is {self.base_url} a clip-service?") from None
 
     def post_json(self, path: str, body: Any, deadline: float) -> requests.Response:
         """POST ``body`` as JSON; the answer once it is neither retryable nor an auth failure."""
-        return self.send("POST", path, _dumps(body), deadline)
+        return self.send("POST", path, dumps(body), deadline)
 
     def send(self, method: str, path: str, data: bytes | None, deadline: float, *,
              retry_connection_errors: bool = True) -> requests.Response:

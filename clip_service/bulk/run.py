@@ -44,7 +44,8 @@ class BulkRun:
 
     def __init__(self, items: list[Item], store: PartStore, backend: Backend, options: Options):
         store.check_model(backend.stamp)
-        self.dropped = store.drop_failed() if options.retry_failed else 0
+        if options.retry_failed:
+            store.drop_failed()
         self.todo = [item for item in items if item.id not in store.done]
         self.tally = Tally(total=len(items), already=len(items) - len(self.todo))
         self.store, self.backend, self.options = store, backend, options
@@ -94,6 +95,7 @@ class BulkRun:
                     store.write(buffer)
                     buffer, last_flush = [], time.monotonic()
         finally:
+            _stop_workers(tasks, options.concurrency)
             # Whatever ended the loop, the rows that came back are kept.
             pending, buffer = buffer, []
             store.write(pending)
@@ -115,9 +117,22 @@ def _batches(items: Iterable[Item], sizes: dict[str, int]) -> Iterator[list[Item
             yield group
 
 
+def _stop_workers(tasks: queue.Queue, count: int) -> None:
+    """Drop the batches not started yet and tell each thread to end after its current one."""
+    try:
+        while True:
+            tasks.get_nowait()
+    except queue.Empty:
+        pass
+    for _ in range(count):
+        tasks.put(None)
+
+
 def _work(backend: Backend, tasks: queue.Queue, results: queue.Queue) -> None:
     while True:
         batch = tasks.get()
+        if batch is None:
+            return
         try:
             results.put((backend.embed(batch), None))
         except BaseException as exc:  # handed to the main thread, which decides

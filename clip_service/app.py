@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
 from flask import Flask
 
-from .cache.keys import CacheKeys, WeightsIdentityInBackground
-from .cache.redis_tier import RedisTier
-from .cache.vectors import VectorCache
 from .config import Settings
-from .images.decoding import recycle_decode_memory
-from .images.fetcher import FetchLimits, ImageFetcher
+from .images.fetcher import ImageFetcher
 from .model.embedder import ClipEmbedder
 from .ops import observability
 from .ops.logs import configure_logging
 from .ops.readiness import Readiness
-from .pipeline import EmbeddingPipeline
+from .runtime import build_pipeline
 from .web.auth import ApiKeyGate, warn_if_open
 from .web.errors import register_error_handlers
 from .web.jsonio import OrjsonProvider
@@ -44,22 +39,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
     if not app.testing:
         configure_logging(settings.log_level)
 
-    caching = bool(settings.cache_mb or settings.cache_redis_url)
-    weights = WeightsIdentityInBackground(settings.pretrained if embedder is None else embedder.pretrained) \
-        if caching else None
-    if embedder is None:
-        embedder = ClipEmbedder.load(settings.model_name, settings.pretrained, settings.device,
-                                     cache_dir=settings.cache_dir, max_batch=settings.max_batch,
-                                     prepack=settings.onednn_prepack)
-    embedder.configure(parallel_forwards=settings.batch_runners, batching=settings.batching,
-                       max_queue=settings.batch_max_queue, window_s=settings.batch_window_ms / 1000)
-    if fetcher is None:
-        fetcher = _fetcher(settings, embedder)
-        recycle_decode_memory(settings.decode_budget_mb << 20)
+    pipeline = build_pipeline(settings, embedder=embedder, fetcher=fetcher)
+    embedder = pipeline.embedder
     app.extensions["clip_embedder"] = embedder
-    app.extensions["clip_pipeline"] = EmbeddingPipeline(
-        embedder, fetcher, cache=_cache(settings, embedder, fetcher, weights),
-        label_cache_bytes=settings.label_cache_mb << 20)
+    app.extensions["clip_pipeline"] = pipeline
     app.extensions["clip_readiness"] = Readiness(embedder, ttl=settings.ready_cache_seconds,
                                                  timeout=settings.ready_timeout)
 
@@ -102,23 +85,3 @@ def _require_api_keys(app: Flask, settings: Settings) -> None:
     app.before_request(gate.check)
     warn_if_open(gate)
 
-
-def _cache(settings: Settings, embedder: ClipEmbedder, fetcher: ImageFetcher,
-           weights: WeightsIdentityInBackground | None) -> VectorCache | None:
-    if weights is None:
-        return None
-    # A checkpoint file is known by its bytes, so a replaced file never serves old vectors.
-    keys = CacheKeys(model_name=embedder.model_name, weights=weights.result(),
-                     device=embedder.device, prepacked=bool(embedder.prepacked_blocks),
-                     preprocess=repr(embedder.preprocess), draft_size=fetcher.draft_size)
-    redis = RedisTier(settings.cache_redis_url, dimensions=embedder.dimensions, timeout=settings.cache_redis_timeout,
-                      ttl=settings.cache_ttl_seconds) if settings.cache_redis_url else None
-    return VectorCache(keys, max_bytes=settings.cache_mb << 20, redis=redis)
-
-
-def _fetcher(settings: Settings, embedder: ClipEmbedder) -> ImageFetcher:
-    # Each limit is the setting of the same name, with or without the fetch_ prefix.
-    names = {f.name: f"fetch_{f.name}" if hasattr(settings, f"fetch_{f.name}") else f.name
-             for f in dataclasses.fields(FetchLimits)}
-    limits = FetchLimits(**{name: getattr(settings, setting) for name, setting in names.items()})
-    return ImageFetcher(limits, draft_size=embedder.input_size if settings.jpeg_draft else None)

@@ -165,16 +165,16 @@ def free_port() -> int:
 
 
 class GunicornProcess:
-    """``gunicorn wsgi:app`` in a subprocess on 127.0.0.1, its output in a file."""
+    """``gunicorn wsgi:app`` (or another ``app``) in a subprocess on 127.0.0.1, its output in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, env: dict[str, str], log_path: Path, extra_args: tuple[str, ...] = (), app: str = "wsgi:app"):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PORT": str(self.port), **env}
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.port}", *extra_args],
+            [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{self.port}", *extra_args],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_healthy(self, timeout: float = 120) -> None:

@@ -1,0 +1,218 @@
+"""The ``clip-service`` command: ``clip-service embed INPUT --output OUT`` for backfills.
+
+Exit status: 0 when every item has a row (failed items included: they are
+rows with an error), 1 when the service cannot be used (unreachable, not a
+clip-service, wrong key, unavailable through every retry), 2 for a bad
+command line or INPUT/OUT, 3 for a bad CLIP_* setting or a model that cannot
+load (as ``gunicorn wsgi:app``), 130 when interrupted. Every failure is one
+line on stderr; rows already written stay, and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+PROG = "clip-service"
+API_KEY_ENV = "CLIP_SERVICE_API_KEY"
+# 3 and 78 are the service's own statuses for weights it cannot load and bad settings (clip_service.startup).
+EXIT_SERVICE, EXIT_USAGE, EXIT_MODEL_LOAD, EXIT_BAD_SETTINGS, EXIT_INTERRUPTED = 1, 2, 3, 78, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Tools for clip-service.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    embed = commands.add_parser(
+        "embed", help="embed a folder, a URL list or a CSV/JSONL file into Parquet or .npy (resumable)",
+        description="Embed every item of INPUT into OUT; rerun the same command to resume after a stop.",
+        epilog="INPUT: a folder (image files, recursively), a .csv or .jsonl file with an id column and a text, "
+               "url or path column, or any other file as a list of image URLs (one a line). OUT: name.parquet "
+               "(a directory of part files) or name.npy (plus name.ids.txt and name.errors.csv). Without --url "
+               "the model runs in this process with the CLIP_* settings of the service.")
+    embed.add_argument("input", metavar="INPUT")
+    embed.add_argument("--output", "-o", required=True, metavar="OUT", help="name.parquet or name.npy")
+    embed.add_argument("--url", help="a running clip-service to send the items to (else: the model in-process)")
+    embed.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+                       help=f"the service's API key (default: ${API_KEY_ENV})")
+    embed.add_argument("--concurrency", "-c", type=_positive(int), default=4, help="batches in flight (default 4)")
+    embed.add_argument("--batch-size", type=_positive(int),
+                       help="items per batch (default and maximum: the service's limit per request)")
+    embed.add_argument("--retry-failed", action="store_true", help="embed again the items whose row is an error")
+    embed.add_argument("--flush-rows", type=_positive(int), default=5000,
+                       help="write a part file after this many rows (default 5000)")
+    embed.add_argument("--flush-seconds", type=_positive(float), default=30.0,
+                       help="... or after this many seconds (default 30)")
+    embed.add_argument("--timeout", type=_positive(float), default=120.0,
+                       help="seconds per HTTP request to the service (default 120)")
+    embed.add_argument("--deadline", type=_positive(float), default=900.0,
+                       help="seconds one batch may take with every retry before the run stops (default 900)")
+    embed.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="show the progress bar (default: only when stderr is a terminal)")
+    embed.add_argument("--verbose", "-v", action="store_true", help="log what the model and fetcher do")
+    embed.set_defaults(handler=embed_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv``; return the exit status."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+def embed_command(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    if output.suffix.lower() not in (".parquet", ".npy"):
+        return _fail(f"OUT must end in .parquet or .npy, not {output.name!r}", EXIT_USAGE)
+    try:
+        from .bulk import run as bulk_run
+        from .bulk import store as bulk_store
+    except ImportError as exc:
+        return _fail(f"the embed command needs {exc.name}: pip install 'clip-service[bulk]'", EXIT_USAGE)
+    from .bulk.inputs import InputError, read_items
+    from .client import ClipClientError
+
+    with _logs(args.verbose), _sigterm_as_interrupt():
+        backend = store = job = None
+        try:
+            if args.url:  # a wrong URL or key stops here, before INPUT is read
+                from .bulk.remote import RemoteBackend
+
+                backend = RemoteBackend(args.url, api_key=args.api_key, concurrency=args.concurrency,
+                                        timeout=args.timeout, deadline=args.deadline)
+            items = read_items(args.input)
+            is_npy = output.suffix.lower() == ".npy"
+            store = bulk_store.PartStore(output.with_name(output.name + ".parts") if is_npy else output).open()
+            if backend is None:  # the model loads only once INPUT and OUT are known to be usable
+                backend = _local_backend()
+            job = bulk_run.BulkRun(items, store, backend, bulk_run.Options(
+                concurrency=args.concurrency, batch_size=args.batch_size, flush_rows=args.flush_rows,
+                flush_seconds=args.flush_seconds, retry_failed=args.retry_failed,
+                progress=sys.stderr.isatty() if args.progress is None else args.progress))
+            if is_npy and job.todo:
+                bulk_store.remove_npy(output)  # stale until this run completes
+            tally = job.execute()
+            where = str(output)
+            if is_npy:
+                vectors, _ = bulk_store.export_npy(store, output, (item.id for item in items))
+                ids, errors = bulk_store.npy_paths(output)[1:]
+                where = f"{output} ({vectors} vectors), {ids.name}, {errors.name}"
+            _say(_summary(tally, where))
+            return 0
+        except KeyboardInterrupt:
+            return _fail(_stopped("interrupted", job), EXIT_INTERRUPTED)
+        except InputError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        except ClipClientError as exc:
+            return _fail(_stopped(str(exc), job), EXIT_SERVICE)
+        except _SettingsError as exc:
+            return _fail(str(exc), exc.status)
+        except OSError as exc:  # the output cannot be written (disk full, permissions)
+            return _fail(_stopped(f"cannot write {output}: {exc.strerror or exc}", job), EXIT_USAGE)
+        finally:
+            if store is not None:
+                store.close()
+            if backend is not None:
+                backend.close()
+
+
+class _SettingsError(Exception):
+    """A CLIP_* setting (exit 78) or the model it names (exit 3) cannot be used: one line, as the service says it."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def _local_backend():
+    from .bulk.inputs import InputError
+    from .config import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        raise _SettingsError(f"clip-service cannot start: {exc}", EXIT_BAD_SETTINGS) from None
+    try:
+        from .bulk.local import LocalBackend
+        from .model.embedder import ModelLoadError
+    except ImportError as exc:
+        raise InputError(f"running the model in-process needs {exc.name}: pip install 'clip-service[server]' "
+                         "(or pass --url to use a running service)") from None
+    try:
+        return LocalBackend(settings)
+    except ModelLoadError as exc:
+        raise _SettingsError(f"clip-service cannot start: {exc}", EXIT_MODEL_LOAD) from None
+
+
+def _summary(tally, where: str) -> str:
+    speed = f"{tally.elapsed():.1f} s, {tally.rate():.1f} items/s" if tally.done else "nothing left to do"
+    return (f"{tally.total} items: {tally.embedded} embedded, {tally.failed} failed, {tally.already} written before; "
+            f"{speed} -> {where}")
+
+
+def _stopped(reason: str, job) -> str:
+    if job is None:
+        return reason
+    tally = job.tally
+    return (f"{reason} ({tally.already + tally.done} of {tally.total} items written, {tally.failed} of them "
+            f"failed in this run; rerun the same command to resume)")
+
+
+def _say(message: str) -> None:
+    print(f"{PROG} embed: {message}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str, status: int) -> int:
+    _say(message)
+    return status
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error
+    return parse
+
+
+@contextlib.contextmanager
+def _logs(verbose: bool):
+    """Keep library logs (a warning per failed image, load messages) off the terminal unless asked for."""
+    root = logging.getLogger()
+    saved = root.level
+    if verbose:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    root.setLevel(logging.INFO if verbose else logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(saved)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a stopped container, ``kill``) ends the run as Ctrl-C does: written rows kept, the rest redone."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

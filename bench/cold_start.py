@@ -186,13 +186,9 @@ def run_service(tree: Path, weights: Path, log_path: Path) -> dict:
 
 def stages(log: str, spawned: float, ready: float) -> dict:
     """Where the seconds from spawn to ready went, from the log's timestamps."""
-    records = []
-    for line in log.splitlines():
-        if line.startswith("{"):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                pass
+    from tests.helpers import log_records
+
+    records = log_records(log)
 
     def when(fragment: str) -> tuple[float, str] | None:
         for record in records:

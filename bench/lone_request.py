@@ -14,7 +14,6 @@ now/before, the scenarios at their limit today (text batches, single texts, 16-U
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import subprocess
@@ -23,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import orjson
 from PIL import Image, ImageOps
 

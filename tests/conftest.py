@@ -118,6 +118,25 @@ def app(shared_app):
 
 
 @pytest.fixture
+def make_app(tiny_embedder, image_server):
+    """A new app like ``app`` (the test image server allowed, no JPEG draft), with ``settings`` on top."""
+
+    def make(**settings):
+        return create_app({"TESTING": True, "fetch_allow": f"{image_server.host}:{image_server.port}",
+                           "jpeg_draft": False, **settings}, embedder=tiny_embedder)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _schemathesis_on_pytest_9(request):
+    # schemathesis 4.32's lazy schemas read and rename ``node._nodeid``, which
+    # pytest 9 replaced with ``node._id``; give it the attribute it reads.
+    if not hasattr(request.node, "_nodeid"):
+        request.node._nodeid = request.node.nodeid
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

@@ -222,3 +222,17 @@ def worker_pids(log: str, path: str) -> set[int]:
     return {r["pid"] for r in log_records(log)
             if r.get("logger") == "gunicorn.access" and r["httpRequest"]["requestUrl"] == path
             and r["httpRequest"]["status"] == 200}
+
+
+def assert_close_to_the_exact_decode(checkpoint: Path, exact, reduced) -> None:
+    """``reduced`` (a draft or reduced decode) gives about the exact decode's pixels and ViT-B-32 vector."""
+    import open_clip
+    import torch
+
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint))
+    a, b = preprocess(exact), preprocess(reduced)
+    assert (a - b).abs().mean().item() < 0.05  # normalised pixel units (std ~1)
+    with torch.no_grad():
+        va = model.eval().encode_image(a[None], normalize=True)
+        vb = model.encode_image(b[None], normalize=True)
+    assert (va * vb).sum().item() >= 0.99

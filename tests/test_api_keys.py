@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import openai
 import pytest
-from werkzeug.serving import make_server
 
 from clip_service import create_app
 from clip_service.config import ConfigError, Settings
 from clip_service.ops.gunicorn_logs import redact_query
 
 from .helpers import TINY_MODEL
+from .live_server import LiveServer
 
 KEY_A = "a" * 8 + "-first-key-0123456789"
 KEY_B = "b" * 8 + "-second-key-from-a-file"
@@ -183,12 +182,8 @@ def test_a_short_key_in_the_file_is_named_by_its_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def keyed_server(keyed_app):
-    http = make_server("127.0.0.1", 0, keyed_app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{http.server_port}"
-    http.shutdown()
-    thread.join(5)
+    with LiveServer(keyed_app) as live:
+        yield live.url
 
 
 def test_the_openai_package_sends_its_api_key(keyed_server):

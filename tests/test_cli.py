@@ -17,7 +17,7 @@ import pytest
 import tomllib
 from PIL import Image
 
-from clip_service import cli, create_app
+from clip_service import cli
 from clip_service.bulk.inputs import InputError, read_items
 from clip_service.bulk.store import ModelStamp, PartStore, Row
 from clip_service.client.sources import data_uri
@@ -27,15 +27,6 @@ from .live_server import LiveServer, RequiresKey, Slow
 
 ROOT = Path(__file__).parent.parent
 PHOTOS = ("chelsea_0.jpg", "coffee_0.jpg", "camera.png")
-
-
-@pytest.fixture
-def make_app(tiny_embedder, image_server):
-    def make(**settings):
-        return create_app({"TESTING": True, "fetch_allow": f"{image_server.host}:{image_server.port}",
-                           "jpeg_draft": False, **settings}, embedder=tiny_embedder)
-
-    return make
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_service import create_app
 from clip_service.client import (
     AuthenticationError,
     ClipClient,
@@ -32,17 +31,6 @@ from .live_server import Flaky, LiveServer, Recorder, RequiresKey
 
 ROOT = Path(__file__).parent.parent
 TEXTS = ["a photo of a cat", "a cup of coffee", "", "an astronaut"]
-
-
-@pytest.fixture
-def make_app(tiny_embedder, image_server):
-    """The app with the test image server allowed and ``settings`` on top."""
-
-    def make(**settings):
-        return create_app({"TESTING": True, "fetch_allow": f"{image_server.host}:{image_server.port}",
-                           "jpeg_draft": False, **settings}, embedder=tiny_embedder)
-
-    return make
 
 
 @pytest.fixture

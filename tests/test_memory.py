@@ -15,7 +15,7 @@ from PIL import Image
 from clip_service.images.decoding import DecodeBudget, decode_cost, decode_image, decoded, webp_canvas
 from clip_service.images.errors import ItemError
 
-from .helpers import FIXTURES, GunicornProcess, image_bytes
+from .helpers import FIXTURES, GunicornProcess, assert_close_to_the_exact_decode, image_bytes
 from .image_server import ImageServer
 
 MIB = 1 << 20
@@ -122,19 +122,9 @@ def test_a_large_png_is_reduced_and_stays_upright():
 
 @pytest.mark.e2e
 def test_a_reduced_png_gives_the_exact_pipelines_vector(vit_b32_checkpoint):
-    import open_clip
-    import torch
-
     data = _big_png()
-    exact = decode_image(data, max_pixels=10**8)
-    reduced = decode_image(data, max_pixels=10**8, draft_size=224)
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(vit_b32_checkpoint))
-    a, b = preprocess(exact), preprocess(reduced)
-    assert (a - b).abs().mean().item() < 0.05  # normalised pixel units (std ~1)
-    with torch.no_grad():
-        va = model.eval().encode_image(a[None], normalize=True)
-        vb = model.encode_image(b[None], normalize=True)
-    assert (va * vb).sum().item() >= 0.99
+    assert_close_to_the_exact_decode(vit_b32_checkpoint, decode_image(data, max_pixels=10**8),
+                                     decode_image(data, max_pixels=10**8, draft_size=224))
 
 
 # --- the real thing: a real Gunicorn, hostile requests, the worker's peak RSS -----------------------

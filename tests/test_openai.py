@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import base64
-import threading
 
 import numpy as np
 import openai
 import pytest
 from PIL import Image
-from werkzeug.serving import make_server
 
 from .helpers import (
     SECRET,
@@ -24,17 +22,14 @@ from .helpers import (
     reference_image_vectors,
     reference_text_vectors,
 )
+from .live_server import LiveServer
 
 
 @pytest.fixture(scope="module")
 def server(shared_app):
     """The app behind a real HTTP server on 127.0.0.1, as the openai package needs."""
-    http = make_server("127.0.0.1", 0, shared_app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{http.server_port}"
-    http.shutdown()
-    thread.join(5)
+    with LiveServer(shared_app) as live:
+        yield live.url
 
 
 @pytest.fixture

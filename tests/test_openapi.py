@@ -116,14 +116,6 @@ def api_schema(fuzzed_app):
     return schemathesis.openapi.from_wsgi("/openapi.json", fuzzed_app)
 
 
-@pytest.fixture(autouse=True)
-def _schemathesis_on_pytest_9(request):
-    # schemathesis 4.32's lazy schemas read and rename ``node._nodeid``, which
-    # pytest 9 replaced with ``node._id``; give it the attribute it reads.
-    if not hasattr(request.node, "_nodeid"):
-        request.node._nodeid = request.node.nodeid
-
-
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 

@@ -451,13 +451,6 @@ def api_schema(fuzzed_app):
     return schemathesis.openapi.from_wsgi("/openapi.json", fuzzed_app)
 
 
-@pytest.fixture(autouse=True)
-def _schemathesis_on_pytest_9(request):
-    # As in test_openapi.py: schemathesis 4.32 reads ``node._nodeid``, which pytest 9 renamed.
-    if not hasattr(request.node, "_nodeid"):
-        request.node._nodeid = request.node.nodeid
-
-
 # Only these routes: test_openapi.py fuzzes the rest.
 schema = schemathesis.pytest.from_fixture("api_schema").include(tag="weaviate")
 

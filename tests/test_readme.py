@@ -10,6 +10,7 @@ tests until its row is added.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -179,3 +180,30 @@ def test_every_module_has_a_layout_row():
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "clip_service").rglob("*.py")}
     assert modules - rows == set(), "add these modules to docs/architecture.md's layout (one line: its concern)"
     assert all((ROOT / row).exists() for row in rows), "docs/architecture.md names a module that is gone"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The absolute names of the modules ``path`` imports (relative imports resolved)."""
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_views_reach_the_model_and_the_fetcher_only_through_the_pipeline():
+    # docs/architecture.md: web/ -> pipeline.py -> model/, images/. A view that imports the
+    # embedder or the fetcher has started a second copy of the pipeline.
+    forbidden = ("clip_service.model.embedder", "clip_service.model.loading", "clip_service.images.fetcher",
+                 "clip_service.images.http", "clip_service.runtime", "torch", "open_clip")
+    offenders = {f"{path.relative_to(ROOT)}: {name}"
+                 for path in (ROOT / "clip_service" / "web").rglob("*.py")
+                 for name in _imported_modules(path)
+                 if any(name == f or name.startswith(f + ".") for f in forbidden)}
+    assert offenders == set()

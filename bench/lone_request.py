@@ -1,9 +1,9 @@
 """A lone request's use of the cores, side by side in one run: this service, the code before, the seed, open_clip.
 
-    python bench/lone_request.py          # writes bench/results/lone_request.md and .json
+    python bench/lone_request.py [--rounds 3]   # writes bench/results/lone_request.md and .json
 
-Issue #15 part 2. Four services run one after another on the same checkpoint
-(fixed-seed random ViT-B-32), photos and machine:
+Issue #15 part 2. Three services run one after another, in a rotating order for ``--rounds`` rounds
+(each figure is the median round), on the same checkpoint (fixed-seed random ViT-B-32), photos and machine:
   - "now": this checkout (vector cache off, so repeated photos cost the model each time);
   - "before": the code when the issue was filed (commit 2379a78), from a temporary worktree;
   - "seed": the first version of the service (commit f558a89), the issue's "seed-style baseline";
@@ -14,6 +14,7 @@ now/before, the scenarios at their limit today (text batches, single texts, 16-U
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import subprocess
@@ -103,6 +104,36 @@ def in_process(large_files: list[Path]) -> dict:
     return {"items_per_s": len(data) * rounds / (time.perf_counter() - started)}
 
 
+def model_ceiling(runners: int = 2, batch: int = 4, rounds: int = 8) -> dict:
+    """The service's own forward passes alone (prepacked, no HTTP, no decoding): what 8 clients of single
+    images can reach at most. ``runners`` threads of 1 torch thread each run batches of ``batch`` random
+    224 px images, as the default batch runners do with 8 such clients."""
+    import threading
+
+    import torch
+
+    from clip_service.model.embedder import ClipEmbedder
+
+    embedder = ClipEmbedder.load("ViT-B-32", str(checkpoint()), "cpu")
+    pixels = torch.randn(batch, 3, 224, 224)
+
+    def run():
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            for _ in range(rounds):
+                embedder._encode_pixels(pixels)
+
+    run()  # warm-up
+    threads = [threading.Thread(target=run) for _ in range(runners)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"items_per_s": runners * rounds * batch / (time.perf_counter() - started), "runners": runners,
+            "batch": batch}
+
+
 def worktree(commit: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"clip-{commit}-"))
     subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, check=True,
@@ -110,7 +141,15 @@ def worktree(commit: str) -> Path:
     return path
 
 
+def median_run(results: list[dict]) -> dict:
+    """The run with the median throughput (the lower middle one of an even count)."""
+    return sorted(results, key=lambda r: r["items_per_s"])[(len(results) - 1) // 2]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three services, in a rotating order")
+    rounds = parser.parse_args().rounds
     checkpoint()
     photos = PhotoServer()
     report: dict = {"commits": COMMITS}
@@ -121,14 +160,22 @@ def main() -> None:
             large = [photos.url(f"{Path(folder).name}/{n}") for n in names]
             report["in-process open_clip, draft decoding, 2 threads"] = in_process([Path(folder) / n for n in names])
             print("in-process:", report["in-process open_clip, draft decoding, 2 threads"], flush=True)
-            for label in ("now", "before", "seed"):
-                cwd = None if label == "now" else trees.setdefault(label, worktree(COMMITS[label]))
-                print(f"service: {label}", flush=True)
-                svc = Service({"CLIP_CACHE_MB": "0"}, photo_port=photos.port, cwd=cwd)
-                try:
-                    report[label] = scenarios(svc.base, photos, large, full=label != "seed")
-                finally:
-                    svc.stop()
+            report["model only, 2 runners x batches of 4"] = model_ceiling()
+            print("model only:", report["model only, 2 runners x batches of 4"], flush=True)
+            runs: dict[str, list[dict]] = {"now": [], "before": [], "seed": []}
+            labels = list(runs)
+            for round_number in range(rounds):  # a rotating order, so drift of the machine hits all alike
+                for label in labels[round_number % 3:] + labels[:round_number % 3]:
+                    cwd = None if label == "now" else trees.setdefault(label, worktree(COMMITS[label]))
+                    print(f"round {round_number + 1}, service: {label}", flush=True)
+                    svc = Service({"CLIP_CACHE_MB": "0"}, photo_port=photos.port, cwd=cwd)
+                    try:
+                        runs[label].append(scenarios(svc.base, photos, large, full=label != "seed"))
+                    finally:
+                        svc.stop()
+            report["rounds"] = rounds
+            for label, results in runs.items():
+                report[label] = {name: median_run([r[name] for r in results]) for name in results[0]}
     finally:
         photos.close()
         for path in trees.values():
@@ -144,7 +191,8 @@ def render(report: dict) -> str:
     inproc = report["in-process open_clip, draft decoding, 2 threads"]["items_per_s"]
     lines = ["# A lone request and the busy case, side by side in one run", "",
              f"`python bench/lone_request.py`, {time.strftime('%Y-%m-%d')}, fixed-seed random ViT-B-32, 2 vCPU; "
-             f"before = {report['commits']['before']}, seed = {report['commits']['seed']}; vector cache off.", "",
+             f"before = {report['commits']['before']}, seed = {report['commits']['seed']}; vector cache off; "
+             f"median of {report.get('rounds', 1)} rounds, the services in a rotating order.", "",
              "| scenario | now (items/s) | before | seed | now / seed | now / before | now / in-process |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in now.items():
@@ -155,6 +203,14 @@ def render(report: dict) -> str:
         lines.append(f"| {name} | {r['items_per_s']:.1f} | {b or 0:.1f} | {s or 0:.1f} | {ratio(s)} | {ratio(b)} | {ip} |")
     lines += ["", f"In-process open_clip (draft decoding, preprocess, encode_image of the same 4 photos, 2 torch "
                   f"threads): {inproc:.2f} photos/s."]
+    ceiling = report.get("model only, 2 runners x batches of 4")
+    single, single_seed = now.get("single image, 8 clients"), seed.get("single image, 8 clients")
+    if ceiling and single and single_seed:
+        lines += ["", f"The service's forward passes alone (prepacked ViT-B-32, 2 runner threads x 1 torch thread, "
+                      f"batches of 4 random 224 px images, no HTTP or decoding): {ceiling['items_per_s']:.1f} images/s. "
+                      f"Single images from 8 clients reach {single['items_per_s'] / ceiling['items_per_s']:.0%} of it; "
+                      f"1.7x the seed would be {1.7 * single_seed['items_per_s']:.1f} images/s, "
+                      f"{1.7 * single_seed['items_per_s'] / ceiling['items_per_s']:.2f}x what the model alone computes."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,85 @@
+"""A paired A/B of one load scenario: this checkout against a git ref, alternating, round after round.
+
+    python bench/ab.py --ref 2379a78 --scenario single-text --rounds 4
+    python bench/ab.py --ref HEAD --scenario single-text --env '{"GUNICORN_CMD_ARGS": "--worker-class gthread"}'
+    python bench/ab.py --this 1a50b8b --ref 1a50b8b^1 --scenario single-text   # two commits
+
+Each round starts both services in turn (the order swaps every round), warms each up and runs the
+scenario against it; the answer is each round's ratio and the median ratio. Use it to tell a small
+regression from the machine's drift: a sequential run (bench/lone_request.py) of the same services
+can differ by 5% from round to round here. ``--env`` applies to this checkout's service only. Vector
+cache off for both. Prints; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import ROOT, PhotoServer, Service, run_load  # noqa: E402
+from bench.lone_request import SMALL, TEXTS, post, worktree  # noqa: E402
+
+
+def scenario(name: str, base: str, small: list[str], rng: random.Random):
+    """(send, clients, requests, items per request) for ``name``."""
+    if name == "single-text":
+        return lambda s: post(s, base + "/embed/text", {"texts": [rng.choice(TEXTS)]}), 8, 600, 1
+    if name == "text-batch":
+        return lambda s: post(s, base + "/embed/text", {"texts": rng.sample(TEXTS, 32)}), 2, 60, 32
+    if name == "single-image":
+        return lambda s: post(s, base + "/embed/image", {"urls": [rng.choice(small)]}), 8, 160, 1
+    if name == "16-urls":
+        return lambda s: post(s, base + "/embed/image", {"urls": small[:16]}), 2, 24, 16
+    raise SystemExit(f"unknown scenario {name!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ref", required=True, help="the git ref to compare this checkout with")
+    parser.add_argument("--scenario", required=True, choices=["single-text", "text-batch", "single-image", "16-urls"])
+    parser.add_argument("--this", default=None, help="a git ref to run instead of this checkout")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--env", default="{}", help="JSON of extra environment for this checkout's service")
+    args = parser.parse_args()
+    extra = json.loads(args.env)
+    photos = PhotoServer()
+    small = [photos.url(f) for f in SMALL]
+    tree = worktree(args.ref)
+    this_tree = worktree(args.this) if args.this else None
+    results: dict[str, list[float]] = {"this": [], "ref": []}
+    try:
+        for round_number in range(args.rounds):
+            for label in ("this", "ref") if round_number % 2 == 0 else ("ref", "this"):
+                env = {"CLIP_CACHE_MB": "0", **(extra if label == "this" else {})}
+                svc = Service(env, photo_port=photos.port, cwd=this_tree if label == "this" else tree)
+                try:
+                    for _ in range(20):
+                        post(requests.Session(), svc.base + "/embed/text", {"texts": ["warm"]})
+                    send, clients, total, items = scenario(args.scenario, svc.base, small, random.Random(round_number))
+                    result = run_load(send, clients=clients, requests_total=total, items_per_request=items,
+                                      max_seconds=180)
+                finally:
+                    svc.stop()
+                results[label].append(result["items_per_s"])
+                print(f"round {round_number + 1} {label}: {result['items_per_s']:.1f} items/s, "
+                      f"p50 {result['p50_ms']:.0f} ms", flush=True)
+    finally:
+        photos.close()
+        for path in filter(None, (tree, this_tree)):
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
+    ratios = [a / b for a, b in zip(results["this"], results["ref"])]
+    print(f"{args.scenario}, {args.this or 'this checkout'} / {args.ref}: per round "
+          + ", ".join(f"{r:.2f}x" for r in ratios) + f"; median {statistics.median(ratios):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@
 A single text's forward pass streams every weight of the text tower from memory (~150 MB for
 ViT-B-32), so it shows where a loader puts the prepacked weights. Each round runs, each in a new
 process on the fixed-seed random ViT-B-32 `.pt` with 1 torch thread and the service's allocator
-setting (ops/allocator.py):
+setting (ops/allocator.py; a ref older than it runs with glibc's defaults, as it did):
   - fast: this checkout's loader (meta device, memory-mapped checkpoint, prepacked from the mapping);
   - open_clip: this checkout with the model built by open_clip (the loader's fallback path);
   - ref: the embedder of ``--ref`` (a git worktree), when given.

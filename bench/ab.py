@@ -26,26 +26,19 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import ROOT, PhotoServer, Service, run_load  # noqa: E402
-from bench.lone_request import SMALL, TEXTS, post, worktree  # noqa: E402
+from bench.lone_request import SMALL, load_scenarios, post, worktree  # noqa: E402
 
 
-def scenario(name: str, base: str, small: list[str], rng: random.Random):
-    """(send, clients, requests, items per request) for ``name``."""
-    if name == "single-text":
-        return lambda s: post(s, base + "/embed/text", {"texts": [rng.choice(TEXTS)]}), 8, 600, 1
-    if name == "text-batch":
-        return lambda s: post(s, base + "/embed/text", {"texts": rng.sample(TEXTS, 32)}), 2, 60, 32
-    if name == "single-image":
-        return lambda s: post(s, base + "/embed/image", {"urls": [rng.choice(small)]}), 8, 160, 1
-    if name == "16-urls":
-        return lambda s: post(s, base + "/embed/image", {"urls": small[:16]}), 2, 24, 16
-    raise SystemExit(f"unknown scenario {name!r}")
+# Short names for the scenarios of bench/lone_request.py (the 12 MP one needs its own photos).
+SCENARIOS = {"single-text": "single text, 8 clients", "text-batch": "text batch 32, 2 clients",
+             "single-image": "single image, 8 clients", "16-urls": "image batch 16 URLs, 2 clients"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ref", required=True, help="the git ref to compare this checkout with")
-    parser.add_argument("--scenario", required=True, choices=["single-text", "text-batch", "single-image", "16-urls"])
+    parser.add_argument("--scenario", required=True, choices=list(SCENARIOS))
+    parser.add_argument("--scale", type=float, default=1.25, help="requests per round, times lone_request.py's")
     parser.add_argument("--this", default=None, help="a git ref to run instead of this checkout")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--env", default="{}", help="JSON of extra environment for this checkout's service")
@@ -64,9 +57,10 @@ def main() -> None:
                 try:
                     for _ in range(20):
                         post(requests.Session(), svc.base + "/embed/text", {"texts": ["warm"]})
-                    send, clients, total, items = scenario(args.scenario, svc.base, small, random.Random(round_number))
-                    result = run_load(send, clients=clients, requests_total=total, items_per_request=items,
-                                      max_seconds=180)
+                    table = load_scenarios(svc.base, small, [], random.Random(round_number))
+                    send, clients, total, items = table[SCENARIOS[args.scenario]]
+                    result = run_load(send, clients=clients, requests_total=round(total * args.scale),
+                                      items_per_request=items, max_seconds=180)
                 finally:
                     svc.stop()
                 results[label].append(result["items_per_s"])

@@ -55,21 +55,29 @@ def large_photos(folder: Path) -> list[str]:
     return names
 
 
-def scenarios(base: str, photos: PhotoServer, large: list[str], *, full: bool) -> dict:
-    rng = random.Random(1)
-    small = [photos.url(f) for f in SMALL]
+def load_scenarios(base: str, small: list[str], large: list[str], rng: random.Random) -> dict:
+    """Scenario name -> (send, clients, requests, items per request); the 12 MP one only with ``large``.
+
+    bench/ab.py runs one of these on its own."""
     todo = {
-        "4 x 12 MP per request, 1 client": (lambda s: post(s, base + "/embed/image", {"urls": large}), 1, 12, 4),
         "single image, 8 clients": (lambda s: post(s, base + "/embed/image", {"urls": [rng.choice(small)]}), 8, 96, 1),
+        "text batch 32, 2 clients": (lambda s: post(s, base + "/embed/text", {"texts": rng.sample(TEXTS, 32)}),
+                                     2, 40, 32),
+        "single text, 8 clients": (lambda s: post(s, base + "/embed/text", {"texts": [rng.choice(TEXTS)]}),
+                                   8, 480, 1),
+        "image batch 16 URLs, 2 clients": (lambda s: post(s, base + "/embed/image", {"urls": small[:16]}), 2, 20, 16),
     }
+    if large:
+        todo["4 x 12 MP per request, 1 client"] = (lambda s: post(s, base + "/embed/image", {"urls": large}), 1, 12, 4)
+    return todo
+
+
+def scenarios(base: str, photos: PhotoServer, large: list[str], *, full: bool) -> dict:
+    order = ["4 x 12 MP per request, 1 client", "single image, 8 clients"]
     if full:
-        todo.update({
-            "text batch 32, 2 clients": (lambda s: post(s, base + "/embed/text", {"texts": rng.sample(TEXTS, 32)}),
-                                         2, 40, 32),
-            "single text, 8 clients": (lambda s: post(s, base + "/embed/text", {"texts": [rng.choice(TEXTS)]}),
-                                       8, 480, 1),
-            "image batch 16 URLs, 2 clients": (lambda s: post(s, base + "/embed/image", {"urls": small[:16]}), 2, 20, 16),
-        })
+        order += ["text batch 32, 2 clients", "single text, 8 clients", "image batch 16 URLs, 2 clients"]
+    table = load_scenarios(base, [photos.url(f) for f in SMALL], large, random.Random(1))
+    todo = {name: table[name] for name in order}
     out = {}
     for name, (send, clients, total, items) in todo.items():
         import requests

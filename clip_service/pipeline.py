@@ -112,7 +112,7 @@ class EmbeddingPipeline:
         self.fetcher = fetcher
         # Vectors by what made them and their content (cache/); without one, keys still
         # tell identical items of one request apart, so each is embedded once.
-        self.cache = cache if cache is not None else VectorCache(process_keys(embedder), max_bytes=0)
+        self.cache = cache if cache is not None else VectorCache(cache_keys(embedder), max_bytes=0)
         # Ensembled label vectors by (model, templates, label): the same labels sent
         # with every image cost one pass through the text tower.
         self.label_cache = LruCache(label_cache_bytes)
@@ -138,16 +138,15 @@ class EmbeddingPipeline:
         # Equal token ids give equal vectors: each distinct text is looked up, and embedded, once.
         rows = tokens.numpy()
         keys = [self.cache.keys.text_key(row) for row in rows]
-        distinct = list(dict.fromkeys(keys))
-        known = dict(zip(distinct, self.cache.get_many("text", distinct) if self.cache.enabled
-                         else [None] * len(distinct)))
+        first: dict[bytes, int] = {}  # each distinct key, at its first row, in order
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        known = dict(zip(first, self.cache.get_many("text", list(first))))
         todo = [key for key, vector in known.items() if vector is None]
         if todo:
-            first = {key: i for i, key in reversed(list(enumerate(keys)))}
             fresh = self.embedder.embed_tokens(tokens[[first[key] for key in todo]])
             known.update(zip(todo, fresh))
-            if self.cache.enabled:
-                self.cache.put_many(list(zip(todo, fresh)))
+            self.cache.put_many(list(zip(todo, fresh)))
         return np.stack([known[key] for key in keys])
 
     def embed_images(self, sources: Sequence[ImageSource], *, all_or_none: bool = False) -> ImageVectors:
@@ -167,8 +166,7 @@ class EmbeddingPipeline:
         if todo:
             fresh = self.embedder.embed_pixels(torch.stack(list(todo.values())))
             known.update(zip(todo, fresh))
-            if self.cache.enabled:
-                self.cache.put_many(list(zip(todo, fresh)))
+            self.cache.put_many(list(zip(todo, fresh)))
         vectors: list[np.ndarray | None] = [None] * len(sources)
         for i in good:
             vectors[i] = known[fetched[i].key]
@@ -194,12 +192,12 @@ class EmbeddingPipeline:
         identity = (self.embedder.model_name, self.embedder.pretrained)
         keys = [(*identity, templates.key, label) for label in labels]
         found = self.label_cache.get_many(keys)
-        missing = [label for label, vector in zip(labels, found) if vector is None]
+        missing = [i for i, vector in enumerate(found) if vector is None]
         if missing:
-            fresh = ensemble(self.embed_texts(templates.texts(missing)).vectors, len(missing))
-            self.label_cache.put_many(zip([(*identity, templates.key, label) for label in missing], fresh))
-            computed = dict(zip(missing, fresh))
-            found = [computed[label] if vector is None else vector for label, vector in zip(labels, found)]
+            fresh = ensemble(self.embed_texts(templates.texts([labels[i] for i in missing])).vectors, len(missing))
+            self.label_cache.put_many(zip([keys[i] for i in missing], fresh))
+            for i, vector in zip(missing, fresh):
+                found[i] = vector
         return np.stack(found) if found else np.zeros((0, self.embedder.dimensions), dtype=np.float32)
 
     def classify(self, sources: Sequence[ImageSource], labels: Sequence[str], templates: Templates) -> Classification:
@@ -241,10 +239,9 @@ class EmbeddingPipeline:
         # decoded image lives only until it is preprocessed (within the decode budget),
         # so only the model-sized tensor waits for the batch.
         key = self.cache.keys.image_key(data)
-        if self.cache.enabled:
-            (vector,) = self.cache.get_many("image", [key])
-            if vector is not None:
-                return _Prepared(key, vector=vector)
+        (vector,) = self.cache.get_many("image", [key])
+        if vector is not None:
+            return _Prepared(key, vector=vector)
         with self.fetcher.decoding(data, deadline) as image:
             return _Prepared(key, pixels=self.embedder.preprocess_image(image))
 
@@ -262,9 +259,10 @@ class _Prepared:
     pixels: torch.Tensor | None = None
 
 
-def process_keys(embedder: ClipEmbedder, draft_size: int | None = None) -> CacheKeys:
-    """Keys for this process only (no weights digest): enough to find a request's duplicates."""
-    return CacheKeys(model_name=embedder.model_name, weights="(this process)", device=embedder.device,
+def cache_keys(embedder: ClipEmbedder, *, weights: str = "(this process)", draft_size: int | None = None) -> CacheKeys:
+    """Keys naming everything that made a vector; without a weights digest, good for this process only
+    (enough to find a request's duplicates)."""
+    return CacheKeys(model_name=embedder.model_name, weights=weights, device=embedder.device,
                      prepacked=bool(embedder.prepacked_blocks), preprocess=repr(embedder.preprocess),
                      draft_size=draft_size)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from .cache.keys import CacheKeys, WeightsIdentityInBackground
+from .cache.keys import WeightsIdentityInBackground
 from .cache.redis_tier import RedisTier
 from .cache.vectors import VectorCache
 from .config import Settings
 from .images.decoding import recycle_decode_memory
 from .images.fetcher import FetchLimits, ImageFetcher
 from .model.embedder import ClipEmbedder
-from .pipeline import EmbeddingPipeline
+from .pipeline import EmbeddingPipeline, cache_keys
 
 
 def build_pipeline(settings: Settings, *, embedder: ClipEmbedder | None = None,
@@ -48,9 +48,7 @@ def build_fetcher(settings: Settings, embedder: ClipEmbedder) -> ImageFetcher:
 
 def build_cache(settings: Settings, embedder: ClipEmbedder, fetcher: ImageFetcher, weights: str) -> VectorCache:
     """The vector cache, its keys naming everything that made a vector (a checkpoint file by its bytes)."""
-    keys = CacheKeys(model_name=embedder.model_name, weights=weights, device=embedder.device,
-                     prepacked=bool(embedder.prepacked_blocks), preprocess=repr(embedder.preprocess),
-                     draft_size=fetcher.draft_size)
+    keys = cache_keys(embedder, weights=weights, draft_size=fetcher.draft_size)
     redis = RedisTier(settings.cache_redis_url, dimensions=embedder.dimensions, timeout=settings.cache_redis_timeout,
                       ttl=settings.cache_ttl_seconds) if settings.cache_redis_url else None
     return VectorCache(keys, max_bytes=settings.cache_mb << 20, redis=redis)

@@ -50,6 +50,8 @@ class VectorCache:
         return found
 
     def put_many(self, items: Sequence[tuple[bytes, np.ndarray]]) -> None:
+        if not self.enabled:
+            return
         # Copies: a vector must not keep its whole batch's array alive in the cache.
         items = [(key, np.array(vector, dtype=np.float32)) for key, vector in items]
         if self.memory is not None:

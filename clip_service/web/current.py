@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from flask import current_app
 
 from ..config import Settings
@@ -19,3 +21,8 @@ def pipeline() -> EmbeddingPipeline:
 
 def readiness() -> Readiness:
     return current_app.extensions["clip_readiness"]
+
+
+def model_info() -> dict:
+    """The model fields every embedding answer carries: model, pretrained, dimensions."""
+    return asdict(pipeline().info)

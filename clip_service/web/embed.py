@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from flask_smorest import Blueprint
 
 from ..pipeline import ImageSource, ImageVectors
@@ -40,12 +38,8 @@ def documents_body_errors(blueprint: Blueprint):
     return error_docs(blueprint, ErrorEnvelopeSchema, BODY_ERRORS)(*BODY_ERRORS)
 
 
-def _model_info() -> dict:
-    return asdict(current.pipeline().info)
-
-
 def _images_answer(images: ImageVectors):
-    return json_response({"embeddings": images.slots, "errors": item_errors(images.failures), **_model_info()})
+    return json_response({"embeddings": images.slots, "errors": item_errors(images.failures), **current.model_info()})
 
 
 @bp.route("/text", methods=["POST"])
@@ -55,7 +49,7 @@ def _images_answer(images: ImageVectors):
 def embed_text(body):
     """Embed texts."""
     texts = current.pipeline().embed_texts(body["texts"])
-    return json_response({"embeddings": texts.vectors, **_model_info()})
+    return json_response({"embeddings": texts.vectors, **current.model_info()})
 
 
 def _embed_uploads(uploads: list[ImageSource]):
@@ -80,4 +74,4 @@ def embed_mixed(body):
     """Embed texts and images in one call."""
     texts, images = current.pipeline().embed_mixed(body["texts"], body["urls"])
     return json_response({"text_embeddings": texts.vectors, "image_embeddings": images.slots,
-                          "errors": item_errors(images.failures), **_model_info()})
+                          "errors": item_errors(images.failures), **current.model_info()})

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from flask import current_app
 from flask_smorest import Blueprint
 
 from ..ops.readiness import Readiness
+from . import current
 from .jsonio import json_response
 from .schemas import HealthSchema
 
 bp = Blueprint("health", __name__, description="Is the model loaded and serving? (No API key needed.)")
 # Platform probes send no credentials.
 _OPEN = {"security": []}
-
-
-def _readiness() -> Readiness:
-    return current_app.extensions["clip_readiness"]
 
 
 def _answer(ok: bool, status: str, readiness: Readiness):
@@ -29,7 +25,7 @@ def _answer(ok: bool, status: str, readiness: Readiness):
                                                        "inference failed.")
 def health():
     """Report whether this worker can serve (cheap: no inference; use /health/ready for the startup probe)."""
-    readiness = _readiness()
+    readiness = current.readiness()
     ok = readiness.healthy()
     return _answer(ok, "healthy" if ok else "unhealthy", readiness)
 
@@ -39,7 +35,7 @@ def health():
 @bp.response(200, HealthSchema)
 def live():
     """Liveness: the process answers HTTP (no model work)."""
-    return _answer(True, "alive", _readiness())
+    return _answer(True, "alive", current.readiness())
 
 
 @bp.route("/health/ready", methods=["GET"])
@@ -48,6 +44,6 @@ def live():
 @bp.alt_response(503, schema=HealthSchema, description="Inference failed or the model is wedged.")
 def ready():
     """Readiness: a tiny real inference succeeded within the last few seconds."""
-    readiness = _readiness()
+    readiness = current.readiness()
     ok = readiness()
     return _answer(ok, "ready" if ok else "unready", readiness)

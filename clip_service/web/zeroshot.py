@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from flask_smorest import Blueprint
 
 from ..images.sources import describe
@@ -61,7 +59,7 @@ def classify(body):
     results = [[] if scores is None else _label_scores(labels, scores, params["return_cosine"])
                for scores in result.images]
     return json_response({"results": results, "errors": item_errors(result.failures),
-                          **asdict(current.pipeline().info)})
+                          **current.model_info()})
 
 
 @bp.route("/rank", methods=["POST"])
@@ -86,4 +84,4 @@ def rank(body):
                    if body["return_documents"] else {})}
                for i in kept[:body.get("top_n")]]
     return json_response({"results": results, "errors": item_errors(ranking.failures),
-                          **asdict(current.pipeline().info)})
+                          **current.model_info()})

@@ -3,8 +3,8 @@
 Exit status: 0 when every item has a row (failed items included: they are
 rows with an error), 1 when the service cannot be used (unreachable, not a
 clip-service, wrong key, unavailable through every retry), 2 for a bad
-command line or INPUT/OUT, 3 for a bad CLIP_* setting or a model that cannot
-load (as ``gunicorn wsgi:app``), 130 when interrupted. Every failure is one
+command line or INPUT/OUT, 78 for a bad CLIP_* setting and 3 for a model that
+cannot load (as ``gunicorn wsgi:app``), 130 when interrupted. Every failure is one
 line on stderr; rows already written stay, and a rerun resumes.
 """
 
@@ -18,10 +18,12 @@ import signal
 import sys
 from pathlib import Path
 
+# The service's own statuses for weights it cannot load (3) and bad settings (78), and its one line.
+from .startup import EXIT_BAD_SETTINGS, EXIT_MODEL_LOAD, refusal_line
+
 PROG = "clip-service"
 API_KEY_ENV = "CLIP_SERVICE_API_KEY"
-# 3 and 78 are the service's own statuses for weights it cannot load and bad settings (clip_service.startup).
-EXIT_SERVICE, EXIT_USAGE, EXIT_MODEL_LOAD, EXIT_BAD_SETTINGS, EXIT_INTERRUPTED = 1, 2, 3, 78, 130
+EXIT_SERVICE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +137,7 @@ def _local_backend():
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        raise _SettingsError(f"clip-service cannot start: {exc}", EXIT_BAD_SETTINGS) from None
+        raise _SettingsError(refusal_line(exc), EXIT_BAD_SETTINGS) from None
     try:
         from .bulk.local import LocalBackend
         from .model.embedder import ModelLoadError
@@ -145,7 +147,7 @@ def _local_backend():
     try:
         return LocalBackend(settings)
     except ModelLoadError as exc:
-        raise _SettingsError(f"clip-service cannot start: {exc}", EXIT_MODEL_LOAD) from None
+        raise _SettingsError(refusal_line(exc), EXIT_MODEL_LOAD) from None
 
 
 def _summary(tally, where: str) -> str:

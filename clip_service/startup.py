@@ -28,10 +28,14 @@ EXIT_MODEL_LOAD = 3
 EXIT_BAD_SETTINGS = 78
 
 
+def refusal_line(reason: object) -> str:
+    """``clip-service cannot start: <reason>`` on one line, whatever the reason holds."""
+    return "clip-service cannot start: " + " ".join(str(reason).splitlines())
+
+
 def refuse_to_start(reason: object, status: int, stream: TextIO | None = None) -> NoReturn:
-    """Print ``clip-service cannot start: <reason>`` as one line and exit with ``status``."""
-    line = " ".join(str(reason).splitlines())  # one line, whatever the reason holds
-    print(f"clip-service cannot start: {line}", file=stream or sys.stderr, flush=True)
+    """Print ``refusal_line(reason)`` and exit with ``status``."""
+    print(refusal_line(reason), file=stream or sys.stderr, flush=True)
     # SystemExit, not os._exit: Gunicorn's config loader catches Exception only, so this
     # leaves through it without its "Failed to read config file" and traceback.
     sys.exit(status)

@@ -6,7 +6,6 @@ import contextlib
 import time
 
 from ..config import Settings
-from ..images.sources import is_data_uri
 from .inputs import Item
 from .store import ModelStamp, Row
 
@@ -58,11 +57,7 @@ class LocalBackend:
                         rows[i] = Row(item.id, "image", None, "unreadable_file",
                                       f"cannot read {item.value}: {exc.strerror or exc}")
                         continue
-                elif len(item.value) > self.settings.max_url_chars and not is_data_uri(item.value):
-                    rows[i] = Row(item.id, "image", None, "invalid_url",
-                                  f"longer than the service's {self.settings.max_url_chars} characters per URL")
-                    continue
-                else:
+                else:  # the fetcher's URL policy refuses a URL that is too long, as the service does
                     sources.append(item.value)
                 positions.append(i)
             result = self._retrying(lambda: self.pipeline.embed_images(sources)) if sources else None

@@ -97,8 +97,7 @@ class BulkRun:
         finally:
             _stop_workers(tasks, options.concurrency)
             # Whatever ended the loop, the rows that came back are kept.
-            pending, buffer = buffer, []
-            store.write(pending)
+            store.write(buffer)
             progress.close()
         return self.tally
 

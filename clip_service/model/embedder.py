@@ -98,6 +98,8 @@ class ClipEmbedder:
         embedder = cls(model, preprocess, tokenizer, model_name=model_name,
                        pretrained=pretrained, device=device, max_batch=max_batch)
         embedder.load_seconds = time.monotonic() - started
+        # Worked out here, once, so forked workers share it instead of each opening the file again.
+        embedder.pretrained_label  # noqa: B018
         log.info("loaded model %s (%s) on %s in %.2fs (%d blocks prepacked for oneDNN; %s)", model_name,
                  pretrained, device, embedder.load_seconds, embedder.prepacked_blocks,
                  ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in stages.items()))

@@ -188,10 +188,11 @@ class RequestScanner:
                 self._hand_over(len(buf))  # Gunicorn answers 400
                 return
             pos = eol + 2
-            if int(size, 16) == 0:
+            chunk = int(size, 16)
+            if chunk == 0:
                 self._trailers = True
             else:
-                self._left = int(size, 16) + 2
+                self._left = chunk + 2
         self._pos = pos
 
     def _hand_over(self, end: int) -> None:

@@ -204,7 +204,7 @@ def _finish(img: Image.Image, draft_size: int | None) -> Image.Image:
     orientation = _orientation(img)
     if draft_size and min(img.size) >= 4 * draft_size:
         if img.mode == "P":  # palettes cannot be averaged; their colours can
-            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            img = _depalette(img)
         if img.mode in _REDUCIBLE:
             img = img.reduce(min(img.size) // (2 * draft_size))
     if orientation in _UPRIGHT:
@@ -253,13 +253,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         img = _to_8bit_grey(img)
     if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        img = _depalette(img)
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGB", rgba.size, _BACKGROUND)
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def _depalette(img: Image.Image) -> Image.Image:
+    """A palette image as its colours (with alpha where the palette has a transparent entry)."""
+    return img.convert("RGBA" if "transparency" in img.info else "RGB")
 
 
 def _to_8bit_grey(img: Image.Image) -> Image.Image:

@@ -172,7 +172,7 @@ class ClipClient:
                 outcomes[i] = FailedItem(i, "invalid_url", "the URL is not valid Unicode (a lone surrogate)",
                                          "<url>")
                 continue
-            if (limits.max_url_chars is not None and not url[:5].lower() == "data:"
+            if (limits.max_url_chars is not None and not sources.is_data_uri(url)
                     and len(url) > limits.max_url_chars):
                 outcomes[i] = FailedItem(i, "invalid_url", f"longer than the service's {limits.max_url_chars} "
                                                            "characters per URL", sources.describe(image)[:80] + "...")

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+# Standard library only, like this package: the service's own rules for data URIs and error names.
+from ..images.sources import describe as describe_source
+from ..images.sources import is_data_uri
+
 # Magic numbers of the formats worth naming; any other bytes are still sent (the service says what is wrong).
 _SIGNATURES = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
                (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
@@ -35,14 +39,13 @@ class Unusable:
 
 
 def is_url(value: str) -> bool:
-    head = value[:8].lower()
-    return head.startswith(("http://", "https://", "data:"))
+    return is_data_uri(value) or value[:8].lower().startswith(("http://", "https://"))
 
 
 def describe(image: ImageInput) -> str:
     """How to name ``image`` in a FailedItem: the path or URL, never a data URI's payload."""
     if isinstance(image, str):
-        return image[:40] + ",..." if image[:5].lower() == "data:" else image
+        return describe_source(image)
     if isinstance(image, os.PathLike):
         return os.fspath(image)
     if isinstance(image, (bytes, bytearray, memoryview)):

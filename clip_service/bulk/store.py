@@ -113,7 +113,12 @@ class PartStore:
     def drop_failed(self) -> int:
         """Remove the failed rows from the parts, so those items count as not done; return how many."""
         dropped = 0
+        if all(code is None for code in self.done.values()):  # open() read every row's error code
+            return dropped
         for part in self.parts():
+            codes = pq.read_table(part, columns=["error_code"]).column("error_code")
+            if codes.null_count == len(codes):
+                continue  # no failed row in this part: its vectors need not be read
             table = pq.read_table(part)
             failed = table.column("error_code").is_valid()
             count = pc.sum(failed).as_py() or 0

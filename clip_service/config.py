@@ -55,6 +55,8 @@ class Settings:
                                          "CLIP_TORCH_THREADS threads)")
     batch_window_ms: float = _setting(0.0, doc="extra wait (ms) for more work before a batch runs (0 = none)",
                                       minimum=0)
+    batch_dwell_ms: float = _setting(40.0, doc="longest wait (ms) of an idle runner for images other requests are "
+                                     "still downloading, so they share its batch (0 = never wait)", minimum=0)
     batch_max_queue: int = _setting(512, doc="items waiting for the model per worker before 503 + Retry-After")
 
     # --- request limits ----------------------------------------------------

@@ -155,18 +155,20 @@ class EmbeddingPipeline:
         With ``all_or_none`` (for APIs that cannot answer in part) nothing is
         embedded once any source has failed.
         """
-        fetched = self.fetcher.fetch_all([s.stream if isinstance(s, Upload) else s for s in sources],
-                                         self._model_input)
-        good = [i for i, item in enumerate(fetched) if not isinstance(item, ItemError)]
-        if all_or_none and len(good) < len(sources):
-            good = []
-        known = {fetched[i].key: fetched[i].vector for i in good}
-        # Identical images (the same bytes, whatever their URLs) go through the model once.
-        todo = {fetched[i].key: fetched[i].pixels for i in good if known[fetched[i].key] is None}
-        if todo:
-            fresh = self.embedder.embed_pixels(torch.stack(list(todo.values())))
-            known.update(zip(todo, fresh))
-            self.cache.put_many(list(zip(todo, fresh)))
+        # The model's runners may wait a moment for these rather than start a batch without them.
+        with self.embedder.expecting_images(len(sources)) as coming:
+            fetched = self.fetcher.fetch_all([s.stream if isinstance(s, Upload) else s for s in sources],
+                                             self._model_input)
+            good = [i for i, item in enumerate(fetched) if not isinstance(item, ItemError)]
+            if all_or_none and len(good) < len(sources):
+                good = []
+            known = {fetched[i].key: fetched[i].vector for i in good}
+            # Identical images (the same bytes, whatever their URLs) go through the model once.
+            todo = {fetched[i].key: fetched[i].pixels for i in good if known[fetched[i].key] is None}
+            if todo:
+                fresh = self.embedder.embed_pixels(torch.stack(list(todo.values())), expected=coming)
+                known.update(zip(todo, fresh))
+                self.cache.put_many(list(zip(todo, fresh)))
         vectors: list[np.ndarray | None] = [None] * len(sources)
         for i in good:
             vectors[i] = known[fetched[i].key]

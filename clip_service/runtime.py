@@ -29,7 +29,8 @@ def build_pipeline(settings: Settings, *, embedder: ClipEmbedder | None = None,
                                      cache_dir=settings.cache_dir, max_batch=settings.max_batch,
                                      prepack=settings.onednn_prepack)
     embedder.configure(parallel_forwards=settings.batch_runners, batching=settings.batching,
-                       max_queue=settings.batch_max_queue, window_s=settings.batch_window_ms / 1000)
+                       max_queue=settings.batch_max_queue, window_s=settings.batch_window_ms / 1000,
+                       dwell_s=settings.batch_dwell_ms / 1000)
     if fetcher is None:
         fetcher = build_fetcher(settings, embedder)
         recycle_decode_memory(settings.decode_budget_mb << 20)

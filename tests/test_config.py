@@ -105,7 +105,7 @@ def test_an_override_replaces_a_bad_environment_value():
 NUMERIC = [f for f in dataclasses.fields(Settings)
            if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)]
 # Where 0 has a meaning: none / off / never / every time (the README's table says which).
-ZERO_MEANS_SOMETHING = {"batch_window_ms", "label_cache_mb", "cache_mb", "cache_ttl_seconds",
+ZERO_MEANS_SOMETHING = {"batch_window_ms", "batch_dwell_ms", "label_cache_mb", "cache_mb", "cache_ttl_seconds",
                         "fetch_max_redirects", "timeout", "graceful_timeout", "max_requests",
                         "max_requests_jitter", "ready_cache_seconds"}
 

@@ -6,6 +6,7 @@ decoded PIL images and gets numpy arrays back.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -106,14 +107,14 @@ class ClipEmbedder:
         return embedder
 
     def configure(self, *, parallel_forwards: int = 1, batching: bool = False, max_queue: int = 512,
-                  window_s: float = 0.0) -> None:
+                  window_s: float = 0.0, dwell_s: float = 0.0) -> None:
         """Allow ``parallel_forwards`` passes at once; optionally merge concurrent calls (batching.py)."""
         self.parallel_forwards = parallel_forwards
         self._forward_slots = threading.BoundedSemaphore(parallel_forwards)
         self._batchers = {
             modality: MicroBatcher(lambda payloads, m=modality: self._forward_many(m, payloads),
                                    max_batch=self.max_batch, max_queue=max_queue, window_s=window_s,
-                                   runners=parallel_forwards, name=f"{modality}-batcher")
+                                   runners=parallel_forwards, name=f"{modality}-batcher", dwell_s=dwell_s)
             for modality in ("text", "image")
         } if batching else {}
 
@@ -149,14 +150,27 @@ class ClipEmbedder:
             return self._empty()
         return self.embed_pixels(torch.stack([self.preprocess(img) for img in images]))
 
-    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """Return one L2-normalised float32 row per preprocessed image (from ``preprocess_image``)."""
-        return self._run("image", pixels) if len(pixels) else self._empty()
+    def expecting_images(self, count: int) -> contextlib.AbstractContextManager:
+        """Announce ``count`` images about to come to ``embed_pixels`` (still downloading), for the batcher.
+
+        Busy runners then wait a moment for them rather than start a batch
+        without them (batching.py). Pass what this returns to ``embed_pixels``;
+        leaving the ``with`` ends the announcement if they never came.
+        """
+        batcher = self._batchers.get("image")
+        return batcher.expect(count) if batcher is not None else contextlib.nullcontext()
+
+    def embed_pixels(self, pixels: torch.Tensor, expected=None) -> np.ndarray:
+        """Return one L2-normalised float32 row per preprocessed image (from ``preprocess_image``).
+
+        ``expected``: what ``expecting_images`` returned for these images.
+        """
+        return self._run("image", pixels, expected) if len(pixels) else self._empty()
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.dimensions), dtype=np.float32)
 
-    def _run(self, modality: str, inputs: torch.Tensor) -> np.ndarray:
+    def _run(self, modality: str, inputs: torch.Tensor, expected=None) -> np.ndarray:
         batcher = self._batchers.get(modality)
         if batcher is None:
             return self._forward(modality, inputs)
@@ -164,7 +178,7 @@ class ClipEmbedder:
         # merges the parts again, so nothing is lost when they are not idle.
         pieces = min(self.parallel_forwards, len(inputs) // _MIN_SPLIT_PART[modality]) or 1
         parts = torch.tensor_split(inputs, pieces) if pieces > 1 else (inputs,)
-        results = batcher.submit_many([(part, len(part)) for part in parts])
+        results = batcher.submit_many([(part, len(part)) for part in parts], expected=expected)
         return results[0] if len(results) == 1 else np.concatenate(results)
 
     def _forward_many(self, modality: str, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:

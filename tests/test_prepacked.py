@@ -57,6 +57,24 @@ def test_a_block_whose_output_would_change_keeps_open_clips_layers(monkeypatch, 
     assert np.abs(embedder.embed_texts(TEXTS) - reference_text_vectors(reference_model, TEXTS)).max() <= 1e-5
 
 
+@pytest.mark.e2e
+def test_a_tower_whose_first_block_would_change_keeps_open_clips_layers_in_every_block(monkeypatch, vit_b32_checkpoint):
+    """Only the text tower's attention (the one with a causal mask) is made wrong: its 12 blocks keep open_clip's
+    layers, the image tower's 12 are prepacked."""
+    real_forward = prepacked.PrepackedSelfAttention.forward
+
+    def wrong_with_a_mask(self, query, key, value, need_weights=False, attn_mask=None):
+        out, weights = real_forward(self, query, key, value, need_weights, attn_mask)
+        return (out + 1e-2 if attn_mask is not None else out), weights
+
+    monkeypatch.setattr(prepacked.PrepackedSelfAttention, "forward", wrong_with_a_mask)
+    embedder = ClipEmbedder.load("ViT-B-32", str(vit_b32_checkpoint), "cpu")
+    assert embedder.prepacked_blocks == 12
+    text_blocks, image_blocks = embedder.model.transformer.resblocks, embedder.model.visual.transformer.resblocks
+    assert all(type(b.attn) is torch.nn.MultiheadAttention for b in text_blocks)
+    assert all(type(b.attn) is prepacked.PrepackedSelfAttention for b in image_blocks)
+
+
 def test_prepacking_can_be_switched_off_through_the_environment(monkeypatch, tiny_checkpoint):
     from clip_service import create_app
 

@@ -26,6 +26,28 @@ def test_every_block_of_both_towers_is_prepacked(tiny_embedder):
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in tiny_embedder.model.modules())
     assert not any(type(m) is torch.nn.Linear for block in tiny_embedder.model.transformer.resblocks
                    for m in block.modules())
+    assert type(tiny_embedder.model.visual.conv1) is prepacked.PrepackedPatchEmbedding
+
+
+@pytest.mark.parametrize("size", [(64, 64), (70, 45), (32, 95)])
+def test_the_prepacked_patch_embedding_is_the_convolution(size):
+    """Any image size, the rows and columns a stride-k convolution skips included; several images at once."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 48, kernel_size=16, stride=16, bias=False).eval()
+    x = torch.randn(3, 3, *size)
+    with torch.inference_mode():
+        expected, actual = conv(x), prepacked.PrepackedPatchEmbedding(conv)(x)
+    assert actual.shape == expected.shape and (actual - expected).abs().max() <= 1e-5
+
+
+def test_a_patch_embedding_whose_output_would_change_keeps_the_convolution(monkeypatch, tiny_checkpoint,
+                                                                           reference_model):
+    real_forward = prepacked.PrepackedPatchEmbedding.forward
+    monkeypatch.setattr(prepacked.PrepackedPatchEmbedding, "forward", lambda self, x: real_forward(self, x) + 1e-2)
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    assert type(embedder.model.visual.conv1) is torch.nn.Conv2d and embedder.prepacked_blocks == 2
+    images = _random_images(2, 40)
+    assert np.abs(embedder.embed_images(images) - reference_image_vectors(reference_model, images)).max() <= 1e-5
 
 
 @pytest.mark.parametrize("count", [1, 3, 12])  # trimmed (one text, fewer than 4) and packed text paths

@@ -208,6 +208,12 @@ def test_a_tags_quick_gelu_and_preprocessing_are_applied(quick_gelu_tag):
     assert _activations(loaded.model) == {"QuickGELU"}
     assert loaded.model.visual.preprocess_cfg["interpolation"] == "bilinear"
     _assert_same_model(loaded, reference, TINY_MODEL)
+    prepacked = loading.load_model(TINY_MODEL, "quickgelu-tag", "cpu")  # QuickGELU fused into the product
+    assert _activations(prepacked.model) == {"QuickGELU"}
+    assert prepacked.model.transformer.resblocks[0].mlp.c_fc.activation == "swish"
+    for mine, open_clips in zip(_vectors(prepacked.model, prepacked.preprocess, TINY_MODEL),
+                                _vectors(reference[0], reference[1], TINY_MODEL)):
+        assert (mine - open_clips).abs().max() <= 1e-5
 
 
 @pytest.mark.e2e

@@ -70,6 +70,23 @@ def test_prepacked_vit_b32_equals_open_clip(vit_b32_checkpoint):
     assert np.abs(embedder.embed_images(images) - reference_image_vectors(reference, images)).max() <= 1e-5
 
 
+@pytest.mark.e2e
+def test_prepacked_quick_gelu_vit_b32_equals_open_clip(tmp_path):
+    """laion400m_e32's architecture: QuickGELU, fused into the first MLP layer as a scaled swish."""
+    torch.manual_seed(1)
+    checkpoint = tmp_path / "vit-quickgelu.pt"
+    torch.save(open_clip.create_model("ViT-B-32-quickgelu").state_dict(), checkpoint)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32-quickgelu", pretrained=str(checkpoint))
+    reference = (model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32"))
+    embedder = ClipEmbedder.load("ViT-B-32-quickgelu", str(checkpoint), "cpu")
+    assert embedder.prepacked_blocks == 24
+    fc = embedder.model.transformer.resblocks[0].mlp.c_fc
+    assert (fc.activation, type(fc.fused).__name__) == ("swish", "QuickGELU")
+    assert np.abs(embedder.embed_texts(TEXTS) - reference_text_vectors(reference, TEXTS)).max() <= 1e-5
+    images = _random_images(3, 240)
+    assert np.abs(embedder.embed_images(images) - reference_image_vectors(reference, images)).max() <= 1e-5
+
+
 def test_a_block_whose_output_would_change_keeps_open_clips_layers(monkeypatch, tiny_checkpoint, reference_model):
     real_forward = prepacked.PrepackedLinear.forward
     monkeypatch.setattr(prepacked.PrepackedLinear, "forward", lambda self, x: real_forward(self, x) + 1e-2)

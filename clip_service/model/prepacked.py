@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
-from open_clip.transformer import ResidualAttentionBlock
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch import nn
 from torch.nn import functional as F
 
@@ -40,11 +40,17 @@ def available() -> bool:
 class PrepackedLinear(nn.Module):
     """``nn.Linear`` with its weight held in oneDNN's blocked layout."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activation: tuple[str, str] = ("none", ""),
+                 fused: nn.Module | None = None):
         super().__init__()
+        # The activation module the post-op stands for, kept (never called) so the model still says
+        # which one it computes: a QuickGELU checkpoint's blocks list QuickGELU.
+        self.fused = fused
         self.packed_weight = _REORDER(weight.detach())
         self.bias = bias
         self.out_features, self.in_features = weight.shape
+        # oneDNN applies it to the product as it is written (a "post-op"): no second pass over the output.
+        self.activation, self.algorithm = activation
 
     @property
     def weight(self) -> torch.Tensor:
@@ -52,7 +58,7 @@ class PrepackedLinear(nn.Module):
         return self.packed_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _LINEAR(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
+        return _LINEAR(x.contiguous(), self.packed_weight, self.bias, self.activation, [], self.algorithm)
 
 
 class PrepackedSelfAttention(nn.Module):
@@ -145,21 +151,47 @@ def _swappable(block: nn.Module) -> bool:
             and attn._qkv_same_embed_dim and attn.bias_k is None and not attn.add_zero_attn
             and attn.in_proj_weight.dtype == torch.float32 and attn.in_proj_weight.device.type == "cpu"
             and isinstance(mlp, nn.Sequential)
-            and isinstance(getattr(mlp, "c_fc", None), nn.Linear)
+            and isinstance(getattr(mlp, "c_fc", None), nn.Linear) and hasattr(mlp, "gelu")
             and isinstance(getattr(mlp, "c_proj", None), nn.Linear))
 
 
-def _swap(block: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """Put the prepacked layers in ``block``; return the layers they replace."""
-    original = block.attn, block.mlp.c_fc, block.mlp.c_proj
-    block.attn = PrepackedSelfAttention(original[0])
-    block.mlp.c_fc = PrepackedLinear(original[1].weight, original[1].bias)
-    block.mlp.c_proj = PrepackedLinear(original[2].weight, original[2].bias)
+# QuickGELU(x) = x * sigmoid(1.702 x), which oneDNN's swish post-op (y * sigmoid(y)) computes for
+# y = 1.702 x, times 1.702: the first layer's weights are scaled by it, the second's by its inverse.
+_QUICK_GELU_SCALE = 1.702
+
+
+def _swap(block: nn.Module) -> tuple[nn.Module, ...]:
+    """Put the prepacked layers in ``block``; return the layers they replace (for ``_restore``).
+
+    The MLP's activation goes into the first layer's product when oneDNN has
+    it: GELU (exact or tanh) as such, open_clip's QuickGELU as a scaled swish
+    (the real ViT-B-32 weights use QuickGELU). Another activation stays a
+    module of its own.
+    """
+    attn, c_fc, act, c_proj = original = block.attn, block.mlp.c_fc, block.mlp.gelu, block.mlp.c_proj
+    block.attn = PrepackedSelfAttention(attn)
+    scale, fused = 1.0, None
+    if type(act) is nn.GELU and act.approximate in ("none", "tanh"):
+        fused = ("gelu", act.approximate)
+    elif type(act) is QuickGELU:
+        scale, fused = _QUICK_GELU_SCALE, ("swish", "")
+    if fused is None:
+        block.mlp.c_fc = PrepackedLinear(c_fc.weight, c_fc.bias)
+        block.mlp.c_proj = PrepackedLinear(c_proj.weight, c_proj.bias)
+    else:
+        bias = c_fc.bias if c_fc.bias is None or scale == 1.0 else c_fc.bias * scale
+        block.mlp.c_fc = PrepackedLinear(c_fc.weight * scale if scale != 1.0 else c_fc.weight, bias, fused, act)
+        block.mlp.gelu = nn.Identity()
+        block.mlp.c_proj = PrepackedLinear(c_proj.weight / scale if scale != 1.0 else c_proj.weight, c_proj.bias)
     return original
 
 
-def _unused_weights(original: tuple[nn.Module, nn.Module, nn.Module]) -> list[torch.Tensor]:
-    attn, c_fc, c_proj = original
+def _restore(block: nn.Module, original: tuple[nn.Module, ...]) -> None:
+    block.attn, block.mlp.c_fc, block.mlp.gelu, block.mlp.c_proj = original
+
+
+def _unused_weights(original: tuple[nn.Module, ...]) -> list[torch.Tensor]:
+    attn, c_fc, _, c_proj = original
     return [attn.in_proj_weight, attn.out_proj.weight, c_fc.weight, c_proj.weight]
 
 
@@ -177,7 +209,7 @@ def _swap_checked(block: nn.Module, seed: int, causal: bool) -> tuple | None:
     original = _swap(block)
     if torch.allclose(block(x, attn_mask=mask), expected, rtol=_TOLERANCE, atol=_TOLERANCE):
         return original
-    block.attn, block.mlp.c_fc, block.mlp.c_proj = original
+    _restore(block, original)
     return None
 
 

@@ -14,6 +14,7 @@ each tower's first block is compared with open_clip's own before the tower is sw
 from __future__ import annotations
 
 import logging
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -134,7 +135,7 @@ def _swap_patch_embedding_checked(visual: nn.Module, on_swapped: Callable[[list[
     conv = visual.conv1
     size = getattr(visual, "image_size", (224, 224))
     height, width = (size, size) if isinstance(size, int) else size
-    x = torch.randn(2, conv.in_channels, height, width, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, conv.in_channels, height, width, generator=torch.Generator().manual_seed(0))
     swapped = PrepackedPatchEmbedding(conv)
     if not torch.allclose(swapped(x), conv(x), rtol=_TOLERANCE, atol=_TOLERANCE):
         return False
@@ -255,19 +256,23 @@ def prepack(model: nn.Module, threads: int = 1,
         with torch.inference_mode():
             released(_unused_weights(_swap(block)))
 
+    visual = getattr(model, "visual", None)
+    jobs = [functools.partial(check, tower) for tower in enumerate(towers)]
+    if _patch_embedding_swappable(getattr(visual, "conv1", None)):
+        jobs.append(functools.partial(_swap_patch_embedding_checked, visual, released))
     pool = ThreadPoolExecutor(max(1, min(threads, 8)), thread_name_prefix="prepack",
                               initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) \
         if threads > 1 else None
     run = pool.map if pool is not None else map
     try:
-        passed = list(run(check, enumerate(towers)))
+        checked = list(run(lambda job: job(), jobs))  # the towers' first blocks and the patch embedding at once
+        passed = checked[:len(towers)]
         rest = [block for (blocks, _), ok in zip(towers, passed) if ok for block in blocks[1:]]
         list(run(swap, rest))
     finally:
         if pool is not None:
             pool.shutdown()
-    visual = getattr(model, "visual", None)
-    if _patch_embedding_swappable(getattr(visual, "conv1", None)) and not _swap_patch_embedding_checked(visual, released):
+    if not all(checked[len(towers):]):
         log.warning("oneDNN prepacking changed the output of the patch embedding; it keeps open_clip's convolution")
     failed = [blocks for (blocks, _), ok in zip(towers, passed) if not ok]
     if failed:

@@ -88,3 +88,18 @@ def test_gunicorn_refuses_to_start_without_weights(pretrained, tmp_path):
     assert last.startswith("clip-service cannot start") and "ViT-B-32" in last and pretrained in last
     assert "CLIP_PRETRAINED" in last and "Traceback" not in output
     assert "Booting worker" not in output
+
+
+@pytest.mark.timeout(120)
+def test_workers_collect_garbage_and_leave_the_preloaded_objects_frozen(tiny_checkpoint, tmp_path):
+    """gunicorn.conf.py turns the collector off for the master's start (cold start) and back on before forking:
+    a worker without it would keep every reference cycle for ever."""
+    server = GunicornProcess({"CLIP_MODEL": "clip-service-tiny", "CLIP_PRETRAINED": str(tiny_checkpoint),
+                              "CLIP_WORKERS": "1"}, tmp_path / "gunicorn.log", app="tests.gc_wsgi:app")
+    try:
+        server.wait_healthy()
+        state = requests.get(server.base + "/test/gc", timeout=10).json()
+        assert state["enabled"] is True
+        assert state["frozen"] > 50_000  # torch's, open_clip's and the app's objects, out of the collector's reach
+    finally:
+        server.stop()

@@ -120,3 +120,24 @@ def test_a_full_request_of_worst_case_words_stays_fast(tiny_embedder):
     tiny_embedder.tokenizer(texts)
     # open_clip alone takes ~2.6 s per text here (quadratic merges); bounded, it is milliseconds each.
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("model_name, shares", [
+    ("ViT-B-32", True), ("ViT-B-32-quickgelu", True), ("ViT-L-14", True), ("RN50", True), (TINY_MODEL, True),
+    ("PE-Core-B-16", False), ("ViT-B-16-SigLIP", False), ("coca_ViT-B-32", False), ("mt5-base-ViT-B-32", False)])
+def test_a_models_tokenizer_is_open_clips_and_shares_the_vocabulary_only_when_it_is_the_same(model_name, shares):
+    """``for_model`` uses the SimpleTokenizer ``import open_clip`` built only where ``get_tokenizer`` builds the
+    same one (the tokens are then compared); otherwise it leaves the choice to ``get_tokenizer``."""
+    real = open_clip.get_tokenizer
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(open_clip, "get_tokenizer", lambda name: ("left to open_clip", name))
+        ours = tokenizer_module.for_model(model_name)
+    if not shares:  # some of these fetch their tokenizer from the model hub: only the choice is checked
+        assert ours == ("left to open_clip", model_name)
+        return
+    shared, theirs = open_clip.tokenizer._tokenizer, real(model_name)
+    assert ours.inner is shared and type(theirs) is open_clip.tokenizer.SimpleTokenizer
+    assert (theirs.context_length, theirs.encoder, theirs.reduction_fn) == (
+        shared.context_length, shared.encoder, shared.reduction_fn)
+    texts = ["a photo of a cat", "", "Ünïcödé and emoji 🐈", "two  spaces\tand a tab", "x" * 200, "word " * 100]
+    assert torch.equal(ours(texts), theirs(texts))

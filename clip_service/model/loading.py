@@ -48,7 +48,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import prepacked
 from .lean_import import ensure_hub, ensure_timm
-from .tokenizer import bounded
+from .tokenizer import for_model as tokenizer_for
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack) -> L
     seconds["own"] = lap()
 
     preprocess = _set_preprocess(model, preprocess_overlay)
-    tokenizer = bounded(open_clip.get_tokenizer(model_name))
+    tokenizer = tokenizer_for(model_name)
     seconds["transforms"] = lap()
     return LoadedModel(model, preprocess, tokenizer, seconds)
 
@@ -233,7 +233,7 @@ def _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, pre
     model.eval().requires_grad_(False)
     if prepack and device == "cpu":
         prepacked.prepack(model, threads=_LOAD_THREADS)
-    tokenizer = bounded(open_clip.get_tokenizer(model_name))
+    tokenizer = tokenizer_for(model_name)
     return LoadedModel(model, preprocess, tokenizer, {"open_clip": time.perf_counter() - started})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import threading
 import time
@@ -104,14 +105,22 @@ class RequiresKey:
 
 
 class Slow:
-    """Wait ``seconds`` before each POST, so a run lasts long enough to be interrupted."""
+    """Wait ``seconds`` before each POST, so a run lasts long enough to be interrupted.
 
-    def __init__(self, app, seconds: float):
-        self.app, self.seconds = app, seconds
+    With ``hold``, the POSTs after the first ``hold_after`` also wait for that
+    event (30 s at most), so a run cannot finish before the test has stopped it,
+    however slowly the test itself gets scheduled.
+    """
+
+    def __init__(self, app, seconds: float, hold: threading.Event | None = None, hold_after: int = 0):
+        self.app, self.seconds, self.hold, self.hold_after = app, seconds, hold, hold_after
+        self._posts = itertools.count(1)
 
     def __call__(self, environ, start_response):
         if environ["REQUEST_METHOD"] == "POST":
             time.sleep(self.seconds)
+            if self.hold is not None and next(self._posts) > self.hold_after:
+                self.hold.wait(30)
         return self.app(environ, start_response)
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -201,8 +202,10 @@ def test_a_run_stopped_midway_resumes_to_the_output_of_an_uninterrupted_run(stop
     assert len(reference) == 121
 
     out = tmp_path / "out.parquet"
-    with LiveServer(Slow(app, 0.08)) as slow:
-        # 35 requests of at least 80 ms one at a time: about 3 s, with a part every 8 rows.
+    held = threading.Event()
+    # 35 requests of at least 80 ms one at a time, with a part every 8 rows; from the 11th (~35 rows)
+    # on, requests wait until the run has been stopped, so it cannot end first on a busy machine.
+    with LiveServer(Slow(app, 0.08, hold=held, hold_after=10)) as slow:
         run = subprocess.Popen([sys.executable, "-m", "clip_service.cli", "embed", str(source), "-o", str(out),
                                 "--url", slow.url, "--concurrency", "1", "--flush-rows", "8"],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -211,6 +214,7 @@ def test_a_run_stopped_midway_resumes_to_the_output_of_an_uninterrupted_run(stop
             run.send_signal(stop)
             _, stderr = run.communicate(timeout=60)
         finally:
+            held.set()
             if run.poll() is None:
                 run.kill()
                 run.wait(10)

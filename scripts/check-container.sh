@@ -11,8 +11,8 @@
 #   --rebuild-base  rebuild the local python:3.11-slim stand-in
 #
 # It needs root, a Debian host, the package registries, and a Python that can
-# import open_clip (the project's virtualenv, or set PYTHON=...). First it sets
-# up, idempotently, what it needs: Debian's podman, runc and debootstrap; a
+# import open_clip (.venv/bin/python when there is one, else python3; or set
+# PYTHON=...). First it sets up, idempotently, what it needs: Debian's podman, runc and debootstrap; a
 # containers.conf drop-in; a local stand-in for python:3.11-slim (Docker Hub is
 # out of reach here). Then it builds the image with this machine's pip
 # configuration (its local torch wheels) and a fixed-seed random ViT-B-32 baked
@@ -30,6 +30,8 @@ BASE=docker.io/library/python:3.11-slim
 MINBASE=localhost/clip-service-minbase:bookworm
 CONF=/etc/containers/containers.conf.d/50-clip-service.conf
 CHECKPOINT=weights/vit-b-32-random-seed0.pt
+# The project's virtualenv when there is one (README's set-up), else python3.
+if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; fi
 PYTHON=${PYTHON:-python3}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 

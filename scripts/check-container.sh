@@ -12,8 +12,8 @@
 #
 # It needs root, a Debian host, the package registries, and a Python that can
 # import open_clip (.venv/bin/python when there is one, else python3; or set
-# PYTHON=...). First it sets up, idempotently, what it needs: Debian's podman, runc and debootstrap; a
-# containers.conf drop-in; a local stand-in for python:3.11-slim (Docker Hub is
+# PYTHON=...). First it sets up, idempotently, what it needs: Debian's podman,
+# runc and debootstrap; a containers.conf drop-in; a local stand-in for python:3.11-slim (Docker Hub is
 # out of reach here). Then it builds the image with this machine's pip
 # configuration (its local torch wheels) and a fixed-seed random ViT-B-32 baked
 # in (no model hub here either), starts it and checks: /health answers 200

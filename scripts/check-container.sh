@@ -13,14 +13,15 @@
 # It needs root, a Debian host, the package registries, and a Python that can
 # import open_clip (.venv/bin/python when there is one, else python3; or set
 # PYTHON=...). First it sets up, idempotently, what it needs: Debian's podman,
-# runc and debootstrap; a containers.conf drop-in; a local stand-in for python:3.11-slim (Docker Hub is
-# out of reach here). Then it builds the image with this machine's pip
-# configuration (its local torch wheels) and a fixed-seed random ViT-B-32 baked
-# in (no model hub here either), starts it and checks: /health answers 200
-# within 60 s; /health/ready answers 200; /embed/text returns one 512-d unit
-# vector; every process runs as a non-root uid; Gunicorn is PID 1; and
-# `podman stop -t 10` makes it exit 0 within 10 s. It prints the build time and
-# the image size, and stops at the first failure with a "FAIL:" line (exit 1).
+# runc and debootstrap; a containers.conf drop-in; a local stand-in for
+# python:3.11-slim (Docker Hub is out of reach here). Then it builds the image
+# with this machine's pip configuration (its local torch wheels) and a
+# fixed-seed random ViT-B-32 baked in (no model hub here either), starts it and
+# checks: /health answers 200 within 60 s; /health/ready answers 200;
+# /embed/text returns one 512-d unit vector; every process runs as a non-root
+# uid; Gunicorn is PID 1; and `podman stop -t 10` makes it exit 0 within 10 s.
+# It prints the build time and the image size, and stops at the first failure
+# with a "FAIL:" line (exit 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -206,9 +206,12 @@ def test_a_run_stopped_midway_resumes_to_the_output_of_an_uninterrupted_run(stop
     # 35 requests of at least 80 ms one at a time, with a part every 8 rows; from the 11th (~35 rows)
     # on, requests wait until the run has been stopped, so it cannot end first on a busy machine.
     with LiveServer(Slow(app, 0.08, hold=held, hold_after=10)) as slow:
+        # As from a terminal: a job started in the background of a script (as CI may run this suite)
+        # inherits SIGINT ignored, and Python then keeps ignoring Ctrl-C, as it should.
         run = subprocess.Popen([sys.executable, "-m", "clip_service.cli", "embed", str(source), "-o", str(out),
                                 "--url", slow.url, "--concurrency", "1", "--flush-rows", "8"],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             wait_for_rows(out, 16)
             run.send_signal(stop)

@@ -13,8 +13,8 @@ each tower's first block is compared with open_clip's own before the tower is sw
 
 from __future__ import annotations
 
-import logging
 import functools
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -171,19 +171,20 @@ def _swap(block: nn.Module) -> tuple[nn.Module, ...]:
     """
     attn, c_fc, act, c_proj = original = block.attn, block.mlp.c_fc, block.mlp.gelu, block.mlp.c_proj
     block.attn = PrepackedSelfAttention(attn)
-    scale, fused = 1.0, None
+    fc_weight, fc_bias, proj_weight = c_fc.weight, c_fc.bias, c_proj.weight
+    post_op, fused = ("none", ""), act
     if type(act) is nn.GELU and act.approximate in ("none", "tanh"):
-        fused = ("gelu", act.approximate)
+        post_op = ("gelu", act.approximate)
     elif type(act) is QuickGELU:
-        scale, fused = _QUICK_GELU_SCALE, ("swish", "")
-    if fused is None:
-        block.mlp.c_fc = PrepackedLinear(c_fc.weight, c_fc.bias)
-        block.mlp.c_proj = PrepackedLinear(c_proj.weight, c_proj.bias)
+        post_op = ("swish", "")
+        fc_weight, proj_weight = fc_weight * _QUICK_GELU_SCALE, proj_weight / _QUICK_GELU_SCALE
+        fc_bias = fc_bias * _QUICK_GELU_SCALE if fc_bias is not None else None
     else:
-        bias = c_fc.bias if c_fc.bias is None or scale == 1.0 else c_fc.bias * scale
-        block.mlp.c_fc = PrepackedLinear(c_fc.weight * scale if scale != 1.0 else c_fc.weight, bias, fused, act)
+        fused = None  # the activation keeps running as its own module
+    block.mlp.c_fc = PrepackedLinear(fc_weight, fc_bias, post_op, fused)
+    block.mlp.c_proj = PrepackedLinear(proj_weight, c_proj.bias)
+    if fused is not None:
         block.mlp.gelu = nn.Identity()
-        block.mlp.c_proj = PrepackedLinear(c_proj.weight / scale if scale != 1.0 else c_proj.weight, c_proj.bias)
     return original
 
 
@@ -260,7 +261,7 @@ def prepack(model: nn.Module, threads: int = 1,
     jobs = [functools.partial(check, tower) for tower in enumerate(towers)]
     if _patch_embedding_swappable(getattr(visual, "conv1", None)):
         jobs.append(functools.partial(_swap_patch_embedding_checked, visual, released))
-    pool = ThreadPoolExecutor(max(1, min(threads, 8)), thread_name_prefix="prepack",
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="prepack",
                               initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) \
         if threads > 1 else None
     run = pool.map if pool is not None else map

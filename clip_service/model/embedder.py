@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from . import prepacked
-from .batching import MicroBatcher
+from .batching import Expected, MicroBatcher
 
 # Re-exported: callers and tests import these from here.
 from .loading import (  # noqa: F401
@@ -160,7 +160,7 @@ class ClipEmbedder:
         batcher = self._batchers.get("image")
         return batcher.expect(count) if batcher is not None else contextlib.nullcontext()
 
-    def embed_pixels(self, pixels: torch.Tensor, expected=None) -> np.ndarray:
+    def embed_pixels(self, pixels: torch.Tensor, expected: Expected | None = None) -> np.ndarray:
         """Return one L2-normalised float32 row per preprocessed image (from ``preprocess_image``).
 
         ``expected``: what ``expecting_images`` returned for these images.
@@ -170,7 +170,7 @@ class ClipEmbedder:
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.dimensions), dtype=np.float32)
 
-    def _run(self, modality: str, inputs: torch.Tensor, expected=None) -> np.ndarray:
+    def _run(self, modality: str, inputs: torch.Tensor, expected: Expected | None = None) -> np.ndarray:
         batcher = self._batchers.get(modality)
         if batcher is None:
             return self._forward(modality, inputs)

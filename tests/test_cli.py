@@ -192,6 +192,10 @@ def assert_same_output(resumed: dict[str, dict], reference: dict[str, dict]) -> 
             np.testing.assert_allclose(resumed[item_id]["vector"], row["vector"], atol=1e-6)
 
 
+_CLI_AS_FOREGROUND_JOB = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                          "runpy.run_module('clip_service.cli', run_name='__main__', alter_sys=True)")
+
+
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["kill", "ctrl-c", "term"])
 def test_a_run_stopped_midway_resumes_to_the_output_of_an_uninterrupted_run(stop, make_app, image_server, tmp_path):
     source = mixed_items(tmp_path, image_server)
@@ -207,11 +211,12 @@ def test_a_run_stopped_midway_resumes_to_the_output_of_an_uninterrupted_run(stop
     # on, requests wait until the run has been stopped, so it cannot end first on a busy machine.
     with LiveServer(Slow(app, 0.08, hold=held, hold_after=10)) as slow:
         # As from a terminal: a job started in the background of a script (as CI may run this suite)
-        # inherits SIGINT ignored, and Python then keeps ignoring Ctrl-C, as it should.
-        run = subprocess.Popen([sys.executable, "-m", "clip_service.cli", "embed", str(source), "-o", str(out),
+        # inherits SIGINT ignored, and Python then keeps ignoring Ctrl-C, as it should. So the child
+        # takes Python's own Ctrl-C handler back first (in itself: a preexec_fn is unsafe in this
+        # process, whose server threads run while it forks).
+        run = subprocess.Popen([sys.executable, "-c", _CLI_AS_FOREGROUND_JOB, "embed", str(source), "-o", str(out),
                                 "--url", slow.url, "--concurrency", "1", "--flush-rows", "8"],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_for_rows(out, 16)
             run.send_signal(stop)

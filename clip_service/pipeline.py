@@ -265,8 +265,8 @@ def cache_keys(embedder: ClipEmbedder, *, weights: str = "(this process)", draft
     """Keys naming everything that made a vector; without a weights digest, good for this process only
     (enough to find a request's duplicates)."""
     return CacheKeys(model_name=embedder.model_name, weights=weights, device=embedder.device,
-                     prepacked=bool(embedder.prepacked_blocks), preprocess=repr(embedder.preprocess),
-                     draft_size=draft_size)
+                     prepacked=bool(embedder.prepacked_blocks), preprocess=repr(embedder.image_transform),
+                     draft_size=draft_size, precision=embedder.precision)
 
 
 def _name(source: ImageSource, index: int) -> str:

@@ -27,7 +27,7 @@ def build_pipeline(settings: Settings, *, embedder: ClipEmbedder | None = None,
     if embedder is None:
         embedder = ClipEmbedder.load(settings.model_name, settings.pretrained, settings.device,
                                      cache_dir=settings.cache_dir, max_batch=settings.max_batch,
-                                     prepack=settings.onednn_prepack)
+                                     prepack=settings.onednn_prepack, precision=settings.precision)
     embedder.configure(parallel_forwards=settings.batch_runners, batching=settings.batching,
                        max_queue=settings.batch_max_queue, window_s=settings.batch_window_ms / 1000,
                        dwell_s=settings.batch_dwell_ms / 1000)

@@ -72,9 +72,11 @@ class CacheKeys:
     """Keys for one loaded model: ``text_key(token_row)`` and ``image_key(image_bytes)``."""
 
     def __init__(self, *, model_name: str, weights: str, device: str, prepacked: bool, preprocess: str,
-                 draft_size: int | None):
+                 draft_size: int | None, precision: str = "fp32"):
         model = f"{FORMAT}\0{model_name}\0{weights}\0{device}\0prepacked={prepacked}"
-        # The exact arithmetic differs in the last bits between CPU and GPU, and with prepacking.
+        # The exact arithmetic differs in the last bits between CPU and GPU, and with prepacking; bf16
+        # products differ in the third digit. (fp32 adds nothing, so its keys are those of earlier versions.)
+        model += f"\0precision={precision}" if precision != "fp32" else ""
         self._text = hashlib.blake2b(f"{model}\0text".encode(), digest_size=32)
         # The preprocessing (resize, crop, normalisation) and the JPEG draft decoding change an image's vector.
         self._image = hashlib.blake2b(f"{model}\0image\0{preprocess}\0draft={draft_size}".encode(), digest_size=32)

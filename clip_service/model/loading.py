@@ -65,6 +65,9 @@ META_WEIGHTS_SHA256 = "clip_service.weights_sha256"
 # the workers fork, when nothing else competes for them); 8 is plenty.
 _LOAD_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
+# CLIP_PRECISION's values: the dtype the prepacked matrix products run in (prepacked.py).
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 class ModelLoadError(RuntimeError):
     """The configured weights could not be loaded; the service must not start."""
@@ -138,12 +141,16 @@ def pretrained_label(model_name: str, pretrained: str) -> str:
 
 
 def load_model(model_name: str, pretrained: str, device: str, *, cache_dir: str | None = None,
-               prepack: bool = True) -> LoadedModel:
+               prepack: bool = True, precision: str = "fp32") -> LoadedModel:
     """Build the model from a pretrained tag or a checkpoint file; never fall back to random weights.
 
     ``device`` is resolved already (see ``resolve_device``). Every failure is
-    a one-line ``ModelLoadError``.
+    a one-line ``ModelLoadError``. ``precision`` ``bf16`` runs the prepacked
+    products in bfloat16 (CPU only: elsewhere, or unprepacked, fp32 with a warning).
     """
+    if precision != "fp32" and not (prepack and device == "cpu"):
+        log.warning("CLIP_PRECISION=%s applies to oneDNN's prepacked products on CPU; on %s%s the model runs "
+                    "in fp32", precision, device, "" if prepack else " without prepacking")
     tag_cfg = pretrained_tag_config(model_name, pretrained)
     if not tag_cfg and not os.path.isfile(pretrained):
         raise ModelLoadError(
@@ -154,9 +161,9 @@ def load_model(model_name: str, pretrained: str, device: str, *, cache_dir: str 
         )
     try:
         if _fast_path_covers(model_name, pretrained):
-            loaded = _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack)
+            loaded = _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision)
         else:
-            loaded = _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, prepack)
+            loaded = _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision)
     except ModelLoadError:
         raise
     except Exception as exc:  # any failure here means "no usable weights"
@@ -179,7 +186,7 @@ def _fast_path_covers(model_name: str, pretrained: str) -> bool:
             and Path(pretrained).suffix not in (".npz", ".npy"))
 
 
-def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack) -> LoadedModel:
+def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision) -> LoadedModel:
     seconds = {}
     lap = _Laps()
     if tag_cfg:
@@ -206,7 +213,8 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack) -> L
             # The packed copies replace the mapped weights block by block; their
             # mapped pages are dropped as they go, so the file does not add its
             # whole size to the peak memory of the load.
-            prepacked.prepack(model, threads=_LOAD_THREADS, on_swapped=MappedPages(path).release)
+            prepacked.prepack(model, threads=_LOAD_THREADS, on_swapped=MappedPages(path).release,
+                              dtype=PRECISIONS[precision])
             seconds["prepack"] = lap()
         own_tensors(model)
     else:
@@ -219,7 +227,7 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack) -> L
     return LoadedModel(model, preprocess, tokenizer, seconds)
 
 
-def _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, prepack) -> LoadedModel:
+def _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision) -> LoadedModel:
     started = time.perf_counter()
     ensure_timm()
     ensure_hub()
@@ -232,7 +240,7 @@ def _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, pre
         cache_dir=cache_dir or None, **preprocess_arguments(overlay))
     model.eval().requires_grad_(False)
     if prepack and device == "cpu":
-        prepacked.prepack(model, threads=_LOAD_THREADS)
+        prepacked.prepack(model, threads=_LOAD_THREADS, dtype=PRECISIONS[precision])
     tokenizer = tokenizer_for(model_name)
     return LoadedModel(model, preprocess, tokenizer, {"open_clip": time.perf_counter() - started})
 

@@ -265,7 +265,7 @@ def cache_keys(embedder: ClipEmbedder, *, weights: str = "(this process)", draft
     """Keys naming everything that made a vector; without a weights digest, good for this process only
     (enough to find a request's duplicates)."""
     return CacheKeys(model_name=embedder.model_name, weights=weights, device=embedder.device,
-                     prepacked=bool(embedder.prepacked_blocks), preprocess=repr(embedder.image_transform),
+                     prepacked=bool(embedder.prepacked_blocks), preprocess=repr(embedder.preprocess),
                      draft_size=draft_size, precision=embedder.precision)
 
 

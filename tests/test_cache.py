@@ -102,11 +102,23 @@ def _keys(**overrides) -> CacheKeys:
 
 
 @pytest.mark.parametrize("change", [{"model_name": "n"}, {"weights": "v"}, {"device": "cuda"},
-                                    {"prepacked": False}])
+                                    {"prepacked": False}, {"precision": "bf16"}])
 def test_anything_that_changes_a_vector_changes_both_keys(change):
     tokens = np.array([49406, 320, 2368, 49407, 0, 0])
     assert _keys(**change).text_key(tokens) != _keys().text_key(tokens)
     assert _keys(**change).image_key(b"img") != _keys().image_key(b"img")
+
+
+def test_fp32_keys_are_those_of_the_versions_before_precision_was_a_setting():
+    """A Redis tier filled before CLIP_PRECISION existed keeps its hits: fp32 adds nothing to the keys."""
+    import hashlib
+
+    from clip_service.cache.keys import FORMAT
+
+    tokens = np.array([49406, 320, 49407, 0])
+    before = hashlib.blake2b(f"{FORMAT}\0m\0w\0cpu\0prepacked=True\0text".encode(), digest_size=32)
+    before.update(tokens[:3].astype(np.int64).tobytes())
+    assert _keys(precision="fp32").text_key(tokens) == _keys().text_key(tokens) == before.digest()
 
 
 @pytest.mark.parametrize("change", [{"preprocess": "q"}, {"draft_size": None}])

@@ -62,6 +62,7 @@ BAD_VALUES = [
     ({"CLIP_BATCHING": "maybe"}, "CLIP_BATCHING='maybe' is invalid: expected true or false (or 1/0, yes/no, on/off)"),
     ({"CLIP_DEVICE": "tpu"}, "CLIP_DEVICE='tpu' is invalid: expected auto, cpu, cuda or cuda:N"),
     ({"CLIP_DEVICE": "cuda:first"}, "CLIP_DEVICE='cuda:first' is invalid: expected auto, cpu, cuda or cuda:N"),
+    ({"CLIP_PRECISION": "fp16"}, "CLIP_PRECISION='fp16' is invalid: expected fp32 or bf16"),
     ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL='chatty' is invalid: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     ({"CLIP_FETCH_ALLOW": "10.0.0.0/33"},
      "CLIP_FETCH_ALLOW='10.0.0.0/33' is invalid: expected comma-separated host:port pairs and CIDR blocks"),
@@ -132,7 +133,7 @@ def test_the_zeros_gunicorn_knows_reach_it_unchanged():
 @pytest.mark.parametrize("env, value", [
     ({"PORT": "65535"}, ("port", 65535)), ({"PORT": "1"}, ("port", 1)),
     ({"CLIP_CACHE_REDIS_TIMEOUT": "1"}, ("cache_redis_timeout", 1.0)),
-    ({"CLIP_DEVICE": "cuda:1"}, ("device", "cuda:1")),
+    ({"CLIP_DEVICE": "cuda:1"}, ("device", "cuda:1")), ({"CLIP_PRECISION": "bf16"}, ("precision", "bf16")),
     ({"CLIP_BATCHING": "Off"}, ("batching", False)), ({"CLIP_JPEG_DRAFT": "YES"}, ("jpeg_draft", True)),
     ({"LOG_LEVEL": "critical"}, ("log_level", "critical")),
     ({"CLIP_CACHE_REDIS_URL": "rediss://:pw@cache:6380/1"}, ("cache_redis_url", "rediss://:pw@cache:6380/1")),

@@ -149,3 +149,110 @@ def test_prepacked_attention_refuses_cross_attention():
     x, y = torch.randn(1, 5, 64), torch.randn(1, 5, 64)
     with pytest.raises(ValueError):
         attention(x, y, y)
+
+
+# --- bf16 (CLIP_PRECISION=bf16) ------------------------------------------------------------
+
+needs_bf16 = pytest.mark.skipif(not prepacked.bf16_native(), reason="this CPU has no native bfloat16 products")
+
+
+def _cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def bf16_tiny_embedder(tiny_checkpoint):
+    return ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="bf16")
+
+
+@needs_bf16
+@pytest.mark.parametrize("count", [1, 3, 12])  # trimmed and packed text paths
+def test_bf16_tiny_model_stays_within_rounding_of_open_clip(bf16_tiny_embedder, reference_model, count):
+    embedder = bf16_tiny_embedder
+    assert embedder.precision == "bf16" and embedder.prepacked_blocks == 2
+    assert embedder.model.visual.conv1.linear.packed_weight.dtype == torch.bfloat16
+    # The residual stream stays fp32: open_clip reads the blocks' weight dtype to choose it.
+    assert embedder.model.transformer.get_cast_dtype() == torch.float32
+    texts, images = TEXTS[:count], _random_images(count, 40)
+    for mine, theirs in ((embedder.embed_texts(texts), reference_text_vectors(reference_model, texts)),
+                         (embedder.embed_images(images), reference_image_vectors(reference_model, images))):
+        assert mine.dtype == np.float32 and np.allclose(np.linalg.norm(mine, axis=1), 1, atol=1e-5)
+        assert _cosines(mine, theirs).min() >= 0.999
+        assert np.abs(mine - theirs).max() > 1e-6  # bf16 did run: fp32 agrees to 1e-7
+
+
+@needs_bf16
+@pytest.mark.e2e
+def test_bf16_quick_gelu_vit_b32_stays_within_cosine_0_9999_of_open_clip(tmp_path):
+    """laion400m_e32's architecture in bf16: 24 blocks, QuickGELU fused, vectors within 1e-4 of fp32's cosine."""
+    torch.manual_seed(1)
+    checkpoint = tmp_path / "vit-quickgelu.pt"
+    torch.save(open_clip.create_model("ViT-B-32-quickgelu").state_dict(), checkpoint)
+    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32-quickgelu", pretrained=str(checkpoint))
+    reference = (model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32"))
+    embedder = ClipEmbedder.load("ViT-B-32-quickgelu", str(checkpoint), "cpu", precision="bf16")
+    assert embedder.prepacked_blocks == 24 and embedder.precision == "bf16"
+    assert embedder.model.transformer.resblocks[0].mlp.c_fc.activation == "swish"
+    assert _cosines(embedder.embed_texts(TEXTS), reference_text_vectors(reference, TEXTS)).min() >= 0.9999
+    images = _random_images(3, 240)
+    assert _cosines(embedder.embed_images(images), reference_image_vectors(reference, images)).min() >= 0.9999
+
+
+def test_bf16_on_a_cpu_without_it_runs_fp32_and_says_so(monkeypatch, tiny_checkpoint, reference_model, caplog):
+    monkeypatch.setattr(prepacked, "bf16_native", lambda: False)
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="bf16")
+    assert embedder.precision == "fp32" and embedder.prepacked_blocks == 2
+    assert "no native bfloat16" in caplog.text
+    assert np.abs(embedder.embed_texts(TEXTS) - reference_text_vectors(reference_model, TEXTS)).max() <= 1e-5
+
+
+@needs_bf16
+def test_a_bf16_block_with_a_wrong_activation_keeps_open_clips_layers(monkeypatch, tiny_checkpoint, reference_model):
+    """The bf16 check allows rounding, not a wrong computation: swish in place of GELU fails it."""
+    real_init = prepacked.PrepackedLinear.__init__
+
+    def swish_for_gelu(self, weight, bias, activation=("none", ""), *args, **kwargs):
+        real_init(self, weight, bias, ("swish", "") if activation[0] == "gelu" else activation, *args, **kwargs)
+
+    monkeypatch.setattr(prepacked.PrepackedLinear, "__init__", swish_for_gelu)
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="bf16")
+    assert embedder.prepacked_blocks == 0
+    assert np.abs(embedder.embed_texts(TEXTS) - reference_text_vectors(reference_model, TEXTS)).max() <= 1e-5
+
+
+def test_the_bf16_check_measures_what_a_block_adds_not_its_residual():
+    """A block's output is mostly its input: 5% off in what it adds must fail however large that input is."""
+    torch.manual_seed(0)
+    residual, added = 100 * torch.randn(4, 64), torch.randn(4, 64)
+    expected = residual + added
+    assert prepacked._agrees(residual + added * (1 + 1e-3), expected, residual, torch.bfloat16)
+    assert not prepacked._agrees(residual + added * 1.05, expected, residual, torch.bfloat16)
+    assert not prepacked._agrees(residual + added * 1.05, expected, residual, torch.float32)
+
+
+@needs_bf16
+@pytest.mark.parametrize("kind", ["none", "float causal", "bool causal", "float per head"])
+def test_bf16_attention_takes_the_masks_multihead_attention_takes(kind):
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    x = torch.randn(3, 9, 64)
+    mask = _masks(3, 4, 9)[kind]
+    with torch.inference_mode():
+        expected = attention(x, x, x, need_weights=False, attn_mask=mask)[0]
+        actual = prepacked.PrepackedSelfAttention(attention, torch.bfloat16)(x, x, x, attn_mask=mask)[0]
+    assert actual.dtype == torch.float32
+    assert torch.linalg.vector_norm(actual - expected) <= 2e-2 * torch.linalg.vector_norm(expected)
+
+
+def test_precision_is_set_through_the_environment(monkeypatch, tiny_checkpoint):
+    from clip_service import create_app
+
+    monkeypatch.setenv("CLIP_MODEL", TINY_MODEL)
+    monkeypatch.setenv("CLIP_PRETRAINED", str(tiny_checkpoint))
+    monkeypatch.setenv("CLIP_DEVICE", "cpu")
+    monkeypatch.setenv("CLIP_PRECISION", "bf16")
+    embedder = create_app({"TESTING": True}).extensions["clip_embedder"]
+    assert embedder.precision == ("bf16" if prepacked.bf16_native() else "fp32")
+    monkeypatch.setenv("CLIP_PRECISION", "fp32")
+    assert create_app({"TESTING": True}).extensions["clip_embedder"].precision == "fp32"

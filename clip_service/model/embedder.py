@@ -29,7 +29,6 @@ from .loading import (  # noqa: F401
     pretrained_tag_config,
     resolve_device,
 )
-from .preprocessing import torch_resize_preprocess
 from .text_encoding import encode_text_packed, encode_text_trimmed, supports_text_packing, supports_text_trimming
 
 log = logging.getLogger(__name__)
@@ -63,11 +62,6 @@ class ClipEmbedder:
         bf16 = any(isinstance(module, prepacked.PrepackedLinear) and module.dtype == torch.bfloat16
                    for module in model.modules())
         self.precision = "bf16" if bf16 else "fp32"
-        # What images go through: open_clip's preprocessing; in bf16, whose products already move a
-        # vector by ~1e-3, with the resize done by torch (preprocessing.py: ~1e-5, 2 ms less per photo).
-        # It names the preprocessing in cache keys.
-        self.image_transform = (torch_resize_preprocess(preprocess) if self.precision == "bf16" else None) \
-            or preprocess
         # Which text path the architecture allows, decided once, not per forward pass.
         self._can_pack_text = supports_text_packing(model)
         self._can_trim_text = supports_text_trimming(model)
@@ -153,13 +147,13 @@ class ClipEmbedder:
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         """The model's input for one RGB image (resize, crop, normalise); thread-safe."""
-        return self.image_transform(image)
+        return self.preprocess(image)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Return one L2-normalised float32 row per RGB image."""
         if not images:
             return self._empty()
-        return self.embed_pixels(torch.stack([self.image_transform(img) for img in images]))
+        return self.embed_pixels(torch.stack([self.preprocess(img) for img in images]))
 
     def expecting_images(self, count: int) -> contextlib.AbstractContextManager:
         """Announce ``count`` images about to come to ``embed_pixels`` (still downloading), for the batcher.
@@ -235,7 +229,7 @@ class ClipEmbedder:
     def _encode_probe(self) -> tuple[np.ndarray, np.ndarray]:
         """One text and one grey image through the model; the caller holds a forward slot."""
         tokens = self.tokenizer(["warm-up"]).to(self.device)
-        pixels = self.image_transform(Image.new("RGB", (32, 32), (127, 127, 127)))[None].to(self.device)
+        pixels = self.preprocess(Image.new("RGB", (32, 32), (127, 127, 127)))[None].to(self.device)
         with torch.inference_mode():
             texts = self._encode_tokens(tokens).float().cpu().numpy()
             images = self._encode_pixels(pixels).float().cpu().numpy()

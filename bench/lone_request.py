@@ -10,6 +10,7 @@ Issue #15 part 2. Three services run one after another, in a rotating order for 
 and plain open_clip in this process: decode with JPEG draft, preprocess and encode_image on both cores.
 Scenarios: 4 photos of 12 MP per request from 1 client; single 640 px photos from 8 clients; and, for
 now/before, the scenarios at their limit today (text batches, single texts, 16-URL requests).
+On a CPU with native bfloat16 a fourth service runs: this checkout with CLIP_PRECISION=bf16 ("now, bf16").
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import PHOTOS, ROOT, PhotoServer, Service, checkpoint, make_texts, run_load  # noqa: E402
+from clip_service.model.prepacked import bf16_native  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMITS = {"before": "2379a78", "seed": "f558a89"}
@@ -112,7 +114,7 @@ def in_process(large_files: list[Path]) -> dict:
     return {"items_per_s": len(data) * rounds / (time.perf_counter() - started)}
 
 
-def model_ceiling(runners: int = 2, batch: int = 4, rounds: int = 8) -> dict:
+def model_ceiling(runners: int = 2, batch: int = 4, rounds: int = 8, precision: str = "fp32") -> dict:
     """The service's own forward passes alone (prepacked, no HTTP, no decoding): what 8 clients of single
     images can reach at most. ``runners`` threads of 1 torch thread each run batches of ``batch`` random
     224 px images, as the default batch runners do with 8 such clients."""
@@ -122,7 +124,7 @@ def model_ceiling(runners: int = 2, batch: int = 4, rounds: int = 8) -> dict:
 
     from clip_service.model.embedder import ClipEmbedder
 
-    embedder = ClipEmbedder.load("ViT-B-32", str(checkpoint()), "cpu")
+    embedder = ClipEmbedder.load("ViT-B-32", str(checkpoint()), "cpu", precision=precision)
     pixels = torch.randn(batch, 3, 224, 224)
 
     def run():
@@ -171,12 +173,18 @@ def main() -> None:
             report["model only, 2 runners x batches of 4"] = model_ceiling()
             print("model only:", report["model only, 2 runners x batches of 4"], flush=True)
             runs: dict[str, list[dict]] = {"now": [], "before": [], "seed": []}
+            if bf16_native():
+                runs["now, bf16"] = []
+                report["model only, bf16"] = model_ceiling(precision="bf16")
+                print("model only, bf16:", report["model only, bf16"], flush=True)
             labels = list(runs)
             for round_number in range(rounds):  # a rotating order, so drift of the machine hits all alike
-                for label in labels[round_number % 3:] + labels[:round_number % 3]:
-                    cwd = None if label == "now" else trees.setdefault(label, worktree(COMMITS[label]))
+                turn = round_number % len(labels)
+                for label in labels[turn:] + labels[:turn]:
+                    cwd = None if label.startswith("now") else trees.setdefault(label, worktree(COMMITS[label]))
                     print(f"round {round_number + 1}, service: {label}", flush=True)
-                    svc = Service({"CLIP_CACHE_MB": "0"}, photo_port=photos.port, cwd=cwd)
+                    env = {"CLIP_CACHE_MB": "0", **({"CLIP_PRECISION": "bf16"} if label == "now, bf16" else {})}
+                    svc = Service(env, photo_port=photos.port, cwd=cwd)
                     try:
                         runs[label].append(scenarios(svc.base, photos, large, full=label != "seed"))
                     finally:
@@ -195,20 +203,24 @@ def main() -> None:
 
 
 def render(report: dict) -> str:
-    now, before, seed = report["now"], report["before"], report["seed"]
+    now, before, seed, bf16 = report["now"], report["before"], report["seed"], report.get("now, bf16", {})
     inproc = report["in-process open_clip, draft decoding, 2 threads"]["items_per_s"]
     lines = ["# A lone request and the busy case, side by side in one run", "",
              f"`python bench/lone_request.py`, {time.strftime('%Y-%m-%d')}, fixed-seed random ViT-B-32, 2 vCPU; "
              f"before = {report['commits']['before']}, seed = {report['commits']['seed']}; vector cache off; "
              f"median of {report.get('rounds', 1)} rounds, the services in a rotating order.", "",
-             "| scenario | now (items/s) | before | seed | now / seed | now / before | now / in-process |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| scenario | now (items/s) | before | seed | now / seed | now / before | now / in-process "
+             "| now, bf16 | bf16 / seed | bf16 / now |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in now.items():
         b = before.get(name, {}).get("items_per_s")
         s = seed.get(name, {}).get("items_per_s")
-        ratio = lambda x: f"{r['items_per_s'] / x:.2f}x" if x else "-"  # noqa: E731
-        ip = f"{r['items_per_s'] / inproc:.2f}x" if name.startswith("4 x 12 MP") else "-"
-        lines.append(f"| {name} | {r['items_per_s']:.1f} | {b or 0:.1f} | {s or 0:.1f} | {ratio(s)} | {ratio(b)} | {ip} |")
+        f = bf16.get(name, {}).get("items_per_s")
+        ratio = lambda x, y: f"{x / y:.2f}x" if x and y else "-"  # noqa: E731
+        ip = ratio(r["items_per_s"], inproc) if name.startswith("4 x 12 MP") else "-"
+        n = r["items_per_s"]
+        lines.append(f"| {name} | {n:.1f} | {b or 0:.1f} | {s or 0:.1f} | {ratio(n, s)} | {ratio(n, b)} | {ip} "
+                     f"| {f or 0:.1f} | {ratio(f, s)} | {ratio(f, n)} |")
     lines += ["", f"In-process open_clip (draft decoding, preprocess, encode_image of the same 4 photos, 2 torch "
                   f"threads): {inproc:.2f} photos/s."]
     ceiling = report.get("model only, 2 runners x batches of 4")
@@ -219,6 +231,10 @@ def render(report: dict) -> str:
                       f"Single images from 8 clients reach {single['items_per_s'] / ceiling['items_per_s']:.0%} of it; "
                       f"1.7x the seed would be {1.7 * single_seed['items_per_s']:.1f} images/s, "
                       f"{1.7 * single_seed['items_per_s'] / ceiling['items_per_s']:.2f}x what the model alone computes."]
+    ceiling_bf16 = report.get("model only, bf16")
+    if ceiling_bf16 and ceiling:
+        lines += ["", f"The same forward passes with CLIP_PRECISION=bf16: {ceiling_bf16['items_per_s']:.1f} images/s "
+                      f"({ceiling_bf16['items_per_s'] / ceiling['items_per_s']:.2f}x fp32)."]
     return "\n".join(lines) + "\n"
 
 

@@ -50,8 +50,8 @@ class Settings:
     onednn_prepack: bool = _setting(True, doc="on CPU, run the transformers' matrix products through oneDNN with "
                                     "weights prepacked at load (same vectors, 1.2-1.7x faster)")
     precision: str = _setting("fp32", doc="fp32 (open_clip's vectors) or bf16: on a CPU with native bfloat16 "
-                              "(AVX512-BF16, AMX) the prepacked products run in bf16, ~1.6x the images/s, vectors "
-                              "within cosine 0.9999 of fp32's (else fp32, with a warning)")
+                              "(AVX512-BF16, AMX) the prepacked products run in bf16, ~1.7x the single images/s, "
+                              "vectors within cosine 0.9999 of fp32's (else fp32, with a warning)")
     max_batch: int = _setting(64, doc="largest batch sent through the model in one forward pass")
     batching: bool = _setting(True, doc="merge concurrent requests' items into shared forward passes")
     batch_runners: int = _setting(2, doc="forward passes run at once per worker (one per core, each with "

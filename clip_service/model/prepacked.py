@@ -89,9 +89,11 @@ class PrepackedLinear(nn.Module):
         return torch.empty(0, dtype=self.input_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _LINEAR(x.to(self.dtype).contiguous(), self.packed_weight, self.bias, self.activation, [],
-                      self.algorithm)
-        return out.to(self.output_dtype)
+        # Casts only where the dtypes differ: fp32's path stays one op (a short text's pass makes hundreds).
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        out = _LINEAR(x.contiguous(), self.packed_weight, self.bias, self.activation, [], self.algorithm)
+        return out if out.dtype == self.output_dtype else out.to(self.output_dtype)
 
 
 class PrepackedSelfAttention(nn.Module):
@@ -121,7 +123,8 @@ class PrepackedSelfAttention(nn.Module):
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:
                 attn_mask = torch.zeros(attn_mask.shape, dtype=qkv.dtype).masked_fill_(attn_mask, float("-inf"))
-            attn_mask = attn_mask.to(qkv.dtype)
+            elif attn_mask.dtype != qkv.dtype:
+                attn_mask = attn_mask.to(qkv.dtype)
             if attn_mask.dim() == 3:
                 attn_mask = attn_mask.view(batch, heads, length, length)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)

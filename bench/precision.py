@@ -50,7 +50,7 @@ def measure(model_name: str, weights: Path) -> dict:
     files = sorted(p for p in PHOTOS.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     images = [decode_image(p.read_bytes(), max_pixels=10**8, draft_size=224) for p in files]
     texts = make_texts(512)
-    out: dict = {"photos": len(images), "texts": len(texts)}
+    out: dict = {"photo_count": len(images), "text_count": len(texts)}
     for kind, embed in (("images", lambda e: e.embed_images(images)), ("texts", lambda e: e.embed_texts(texts))):
         fp32, bf16 = embed(embedders["fp32"]), embed(embedders["bf16"])
         cosines = (fp32.astype(np.float64) * bf16).sum(axis=1)
@@ -77,7 +77,7 @@ def render(report: dict) -> str:
     for model, r in report.items():
         for kind in ("images", "texts"):
             c = r[kind]
-            count = r["photos"] if kind == "images" else r["texts"]
+            count = r["photo_count"] if kind == "images" else r["text_count"]
             lines.append(f"| {model} | {count} {kind} | {c['min_cosine']:.6f} | {c['mean_cosine']:.6f} "
                          f"| {c['max_abs_difference']:.1e} |")
     lines += ["", "| model | forward pass | fp32 ms per item | bf16 ms per item | bf16 speed-up |",

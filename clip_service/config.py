@@ -49,9 +49,10 @@ class Settings:
     cache_dir: str = _setting("", doc="where open_clip caches downloaded weights ('' = its default)")
     onednn_prepack: bool = _setting(True, doc="on CPU, run the transformers' matrix products through oneDNN with "
                                     "weights prepacked at load (same vectors, 1.2-1.7x faster)")
-    precision: str = _setting("fp32", doc="fp32 (open_clip's vectors) or bf16: on a CPU with native bfloat16 "
-                              "(AVX512-BF16, AMX) the prepacked products run in bf16, ~1.7x the single images/s, "
-                              "vectors within cosine 0.9999 of fp32's (else fp32, with a warning)")
+    precision: str = _setting("fp32", doc="fp32 (open_clip's vectors), bf16: on a CPU with native bfloat16 "
+                              "(AVX512-BF16, AMX) the prepacked products run in bf16, ~1.6x the single images/s, "
+                              "vectors within cosine 0.9999 of fp32's (else fp32, with a warning), or auto: bf16 "
+                              "where the CPU has it, else fp32 without a warning")
     max_batch: int = _setting(64, doc="largest batch sent through the model in one forward pass")
     batching: bool = _setting(True, doc="merge concurrent requests' items into shared forward passes")
     batch_runners: int = _setting(2, doc="forward passes run at once per worker (one per core, each with "
@@ -210,8 +211,8 @@ class Settings:
                     found.append((f.name, _rule(f)))
         if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
             found.append(("device", "expected auto, cpu, cuda or cuda:N"))
-        if self.precision not in ("fp32", "bf16"):
-            found.append(("precision", "expected fp32 or bf16"))
+        if self.precision not in ("fp32", "bf16", "auto"):
+            found.append(("precision", "expected fp32, bf16 or auto"))
         if not self.pretrained:
             # Serving random weights silently is the failure this guards against.
             found.append(("pretrained", "expected a pretrained tag or a checkpoint file, not nothing"))

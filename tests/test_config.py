@@ -62,7 +62,7 @@ BAD_VALUES = [
     ({"CLIP_BATCHING": "maybe"}, "CLIP_BATCHING='maybe' is invalid: expected true or false (or 1/0, yes/no, on/off)"),
     ({"CLIP_DEVICE": "tpu"}, "CLIP_DEVICE='tpu' is invalid: expected auto, cpu, cuda or cuda:N"),
     ({"CLIP_DEVICE": "cuda:first"}, "CLIP_DEVICE='cuda:first' is invalid: expected auto, cpu, cuda or cuda:N"),
-    ({"CLIP_PRECISION": "fp16"}, "CLIP_PRECISION='fp16' is invalid: expected fp32 or bf16"),
+    ({"CLIP_PRECISION": "fp16"}, "CLIP_PRECISION='fp16' is invalid: expected fp32, bf16 or auto"),
     ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL='chatty' is invalid: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     ({"CLIP_FETCH_ALLOW": "10.0.0.0/33"},
      "CLIP_FETCH_ALLOW='10.0.0.0/33' is invalid: expected comma-separated host:port pairs and CIDR blocks"),

@@ -247,3 +247,13 @@ def test_precision_is_set_through_the_environment(monkeypatch, tiny_checkpoint):
     assert embedder.precision == ("bf16" if prepacked.bf16_native() else "fp32")
     monkeypatch.setenv("CLIP_PRECISION", "fp32")
     assert create_app({"TESTING": True}).extensions["clip_embedder"].precision == "fp32"
+
+
+@pytest.mark.parametrize("native", [pytest.param(True, marks=needs_bf16), False])
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_it(monkeypatch, tiny_checkpoint, caplog, native):
+    monkeypatch.setattr(prepacked, "bf16_native", lambda: native)
+    assert ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="auto").precision == \
+        ("bf16" if native else "fp32")
+    assert ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="auto",
+                             prepack=False).precision == "fp32"
+    assert "CLIP_PRECISION" not in caplog.text and "no native bfloat16" not in caplog.text

@@ -146,9 +146,12 @@ def load_model(model_name: str, pretrained: str, device: str, *, cache_dir: str 
 
     ``device`` is resolved already (see ``resolve_device``). Every failure is
     a one-line ``ModelLoadError``. ``precision`` ``bf16`` runs the prepacked
-    products in bfloat16 (CPU only: elsewhere, or unprepacked, fp32 with a warning).
+    products in bfloat16 (CPU only: elsewhere, or unprepacked, fp32 with a warning);
+    ``auto`` runs bf16 where the CPU has it, fp32 elsewhere (no warning: that is what it asks).
     """
-    if precision != "fp32" and not (prepack and device == "cpu"):
+    if precision == "auto":
+        precision = "bf16" if prepack and device == "cpu" and prepacked.bf16_native() else "fp32"
+    elif precision != "fp32" and not (prepack and device == "cpu"):
         log.warning("CLIP_PRECISION=%s applies to oneDNN's prepacked products on CPU; on %s%s the model runs "
                     "in fp32", precision, device, "" if prepack else " without prepacking")
     tag_cfg = pretrained_tag_config(model_name, pretrained)

@@ -15,7 +15,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..process_local import PerProcess
 from .errors import ItemError
@@ -43,10 +43,6 @@ _PEAK_BYTES_PER_PIXEL = {"1": 4, "L": 4, "P": 4, "RGB": 3, "CMYK": 7, "YCbCr": 6
                          "PA": 12, "RGBA": 10, "RGBa": 10, "I;16": 14, "I;16B": 14, "I;16L": 14, "I;16N": 14,
                          "I": 16, "F": 16}
 _MOST_BYTES_PER_PIXEL = 16
-# Orientation tag -> the transpose that makes the image upright (EXIF 2..8).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
 
 
 class DecodeBudget:
@@ -201,14 +197,12 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
 def _finish(img: Image.Image, draft_size: int | None) -> Image.Image:
     """Load the first frame (animations are never advanced), reduce it, turn it upright, make it RGB."""
     img.load()
-    orientation = _orientation(img)
     if draft_size and min(img.size) >= 4 * draft_size:
         if img.mode == "P":  # palettes cannot be averaged; their colours can
             img = _depalette(img)
         if img.mode in _REDUCIBLE:
             img = img.reduce(min(img.size) // (2 * draft_size))
-    if orientation in _UPRIGHT:
-        img = img.transpose(_UPRIGHT[orientation])
+    _upright(img)
     return to_rgb(img)
 
 
@@ -216,11 +210,14 @@ def _finish(img: Image.Image, draft_size: int | None) -> Image.Image:
 _REDUCIBLE = {"L", "LA", "La", "I", "F", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "PA"}
 
 
-def _orientation(img: Image.Image) -> int:
+def _upright(img: Image.Image) -> None:
+    """Turn ``img`` as its EXIF (or XMP) orientation says, in place."""
+    # After the reduction, which keeps the file's metadata: only the small image is turned, and the
+    # reduction's edge blocks stay where they were. In place: no copy of an image that needs no turn.
     try:
-        return int(img.getexif().get(0x0112, 1))
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # a broken EXIF block must not lose an otherwise good image
-        return 1
+        pass
 
 
 @contextmanager

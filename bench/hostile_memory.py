@@ -40,7 +40,7 @@ def _kib(pid: int, field: str) -> int:
 
 def serve_images():
     sys.path.insert(0, str(ROOT))
-    from tests.image_server import ImageServer
+    from tests.support.image_server import ImageServer
 
     image = Image.new("RGB", (SIDE, SIDE), (200, 30, 30))
     files = {}

@@ -21,9 +21,9 @@ from .helpers import (  # noqa: F401 - re-exported: older tests import these fro
     image_bytes,
     reference_image_vectors,
     reference_text_vectors,
-    write_random_checkpoint,
 )
-from .image_server import ImageServer
+from .support.checkpoints import write_random_checkpoint
+from .support.image_server import ImageServer
 
 # Register the tiny architecture with open_clip's real config registry before any fixture loads it.
 open_clip.add_model_config(TESTS / "model_configs" / f"{TINY_MODEL}.json")

@@ -1,7 +1,8 @@
 """Helpers shared by the tests: the tiny model's reference vectors, error-shape and still-serving
-assertions, data URIs, Prometheus scrapes, and a real Gunicorn in a subprocess.
+assertions, data URIs, Prometheus scrapes, and reading a real Gunicorn's log.
 
-Fixtures live in conftest.py; everything a test calls directly lives here.
+Fixtures live in conftest.py; what tests and benchmarks share (a real Gunicorn, the photo server,
+random checkpoints) lives in support/; everything else a test calls directly lives here.
 """
 
 from __future__ import annotations
@@ -9,19 +10,15 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import requests
 import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+from .support.gunicorn import log_records
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -36,14 +33,6 @@ STILL_FINE = {"texts": ["still fine"]}
 
 
 # --- the model and images ---------------------------------------------------------------------
-
-def write_random_checkpoint(model_name: str, path: Path, seed: int = 0) -> Path:
-    """Save a fixed-seed randomly initialised model of ``model_name`` (these carry no pretrained tag)."""
-    torch.manual_seed(seed)
-    model = open_clip.create_model(model_name, pretrained=None)
-    torch.save(model.state_dict(), path)
-    return path
-
 
 def reference_image_vectors(reference_model, images: list[Image.Image]) -> np.ndarray:
     """open_clip's own normalised image vectors for ``images``."""
@@ -156,66 +145,7 @@ def metric_value(exposition: str, sample: str, **labels: str) -> float:
                if s.name == sample and labels.items() <= s.labels.items())
 
 
-# --- a real Gunicorn --------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class GunicornProcess:
-    """``gunicorn wsgi:app`` (or another ``app``) in a subprocess on 127.0.0.1, its output in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, extra_args: tuple[str, ...] = (), app: str = "wsgi:app"):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PORT": str(self.port), **env}
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{self.port}", *extra_args],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_healthy(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.output()[-3000:]}")
-            try:
-                if requests.get(self.base + "/health", timeout=2).status_code == 200:
-                    return
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or a worker still booting
-            time.sleep(0.3)
-        raise AssertionError(f"gunicorn not healthy after {timeout}s:\n{self.output()[-3000:]}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-        return self.proc.returncode
-
-
-def log_records(log: str) -> list[dict]:
-    """The JSON lines of a Gunicorn log (startup messages from libraries may not be JSON)."""
-    records = []
-    for line in log.splitlines():
-        if line.startswith("{"):
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                pass
-    return records
-
+# --- a real Gunicorn's log ---------------------------------------------------------------------
 
 def worker_pids(log: str, path: str) -> set[int]:
     """Pids of the workers whose access log shows a 200 for ``path``."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from .helpers import as_image, assert_envelope, assert_still_serving, reference_image_vectors, reference_text_vectors
-from .image_server import send_body
+from .support.image_server import send_body
 
 
 def _unit(vectors):

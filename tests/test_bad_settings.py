@@ -18,7 +18,8 @@ import time
 import pytest
 import requests
 
-from .helpers import ROOT, GunicornProcess, free_port, log_records
+from .helpers import ROOT
+from .support.gunicorn import GunicornProcess, free_port, log_records
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from clip_service.model.batching import MicroBatcher, Overloaded
 from clip_service.model.embedder import ClipEmbedder
 
 from .helpers import TINY_MODEL, assert_envelope, reference_text_vectors
-from .image_server import send_body
+from .support.image_server import send_body
 
 
 def _slow_doubler(calls):

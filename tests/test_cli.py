@@ -23,8 +23,9 @@ from clip_service.bulk.inputs import InputError, read_items
 from clip_service.bulk.store import ModelStamp, PartStore, Row
 from clip_service.client.sources import data_uri
 
-from .helpers import FIXTURES, TINY_MODEL, free_port, image_bytes
+from .helpers import FIXTURES, TINY_MODEL, image_bytes
 from .live_server import LiveServer, RequiresKey, Slow
+from .support.gunicorn import free_port
 
 ROOT = Path(__file__).parent.parent
 PHOTOS = ("chelsea_0.jpg", "coffee_0.jpg", "camera.png")

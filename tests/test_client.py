@@ -26,8 +26,9 @@ from clip_service.client import (
 from clip_service.client.sources import data_uri
 from clip_service.client.transport import retry_after_seconds
 
-from .helpers import FIXTURES, GunicornProcess, free_port
+from .helpers import FIXTURES
 from .live_server import Flaky, LiveServer, Recorder, RequiresKey
+from .support.gunicorn import GunicornProcess, free_port
 
 ROOT = Path(__file__).parent.parent
 TEXTS = ["a photo of a cat", "a cup of coffee", "", "an astronaut"]

@@ -29,7 +29,7 @@ from .browser import (
     start_chromium,
 )
 from .helpers import FIXTURES
-from .image_server import ImageServer
+from .support.image_server import ImageServer
 
 pytestmark = pytest.mark.e2e
 

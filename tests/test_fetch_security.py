@@ -27,7 +27,7 @@ from clip_service.images.url_policy import Allowlist, UrlPolicy, embedded_ipv4, 
 
 from . import fault_server as fault
 from .helpers import image_bytes
-from .image_server import ImageServer
+from .support.image_server import ImageServer
 
 pytestmark = pytest.mark.timeout(60)
 

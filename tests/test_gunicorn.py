@@ -11,7 +11,8 @@ import pytest
 import requests
 import torch
 
-from .helpers import GunicornProcess, as_image, worker_pids
+from .helpers import as_image, worker_pids
+from .support.gunicorn import GunicornProcess
 
 pytestmark = pytest.mark.e2e
 

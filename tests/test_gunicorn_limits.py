@@ -9,7 +9,8 @@ import string
 import pytest
 import requests
 
-from .helpers import GunicornProcess, assert_envelope, assert_still_serving
+from .helpers import assert_envelope, assert_still_serving
+from .support.gunicorn import GunicornProcess
 
 pytestmark = pytest.mark.e2e
 

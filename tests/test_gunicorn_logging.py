@@ -7,7 +7,7 @@ import json
 import pytest
 import requests
 
-from .helpers import GunicornProcess
+from .support.gunicorn import GunicornProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from .helpers import GunicornProcess, log_records, metric_value, worker_pids
-from .image_server import send_body
+from .helpers import metric_value, worker_pids
+from .support.gunicorn import GunicornProcess, log_records
+from .support.image_server import send_body
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from clip_service.model import convert, loading, prepacked
 from clip_service.model.embedder import ClipEmbedder, ModelLoadError
 
-from .helpers import TESTS, TINY_MODEL, write_random_checkpoint
+from .helpers import TESTS, TINY_MODEL
+from .support.checkpoints import write_random_checkpoint
 
 ROOT = TESTS.parent
 TIMM_MODEL = "clip-service-tiny-timm"  # a timm image tower: the fast path leaves it to open_clip
@@ -443,7 +444,7 @@ def test_gunicorn_serves_a_converted_tag_with_its_quick_gelu(monkeypatch, tmp_pa
     import numpy as np
     import requests
 
-    from .helpers import GunicornProcess
+    from .support.gunicorn import GunicornProcess
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "laion400m_e32.pt"

@@ -15,8 +15,9 @@ from PIL import Image
 from clip_service.images.decoding import DecodeBudget, decode_cost, decode_image, decoded, webp_canvas
 from clip_service.images.errors import ItemError
 
-from .helpers import FIXTURES, GunicornProcess, assert_close_to_the_exact_decode, image_bytes
-from .image_server import ImageServer
+from .helpers import FIXTURES, assert_close_to_the_exact_decode, image_bytes
+from .support.gunicorn import GunicornProcess
+from .support.image_server import ImageServer
 
 MIB = 1 << 20
 

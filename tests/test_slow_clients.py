@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from .helpers import GunicornProcess, metric_value
-from .image_server import ImageServer, send_body
+from .helpers import metric_value
+from .support.gunicorn import GunicornProcess
+from .support.image_server import ImageServer, send_body
 
 pytestmark = pytest.mark.e2e
 

@@ -1,10 +1,13 @@
-"""A real HTTP server on 127.0.0.1 that serves test images (and, for fault tests, misbehaves)."""
+"""A real HTTP server on 127.0.0.1 that serves images: routes set by a test (which may misbehave), or a folder."""
 
 from __future__ import annotations
 
+import mimetypes
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable
+from urllib.parse import unquote
 
 
 def send_body(handler: BaseHTTPRequestHandler, body: bytes, content_type: str) -> None:
@@ -22,7 +25,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's naming
         server: ImageServer = self.server.owner
         server.record(self.path, dict(self.headers))
-        route = server.routes.get(self.path.split("?")[0])
+        path = self.path.split("?")[0]
+        route = server.routes.get(path) or server.file_route(path)
         if route is None:
             self.send_response(404)
             self.send_header("Content-Length", "0")
@@ -39,10 +43,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ImageServer:
-    """Serve ``routes`` (path -> (content type, bytes) or a handler function) on a free port."""
+    """Serve ``routes`` (path -> (content type, bytes) or a handler function) on a free port.
 
-    def __init__(self, host: str = "127.0.0.1", ssl_context=None):
+    With ``directory``, a path that is no route is a file under it (the benchmarks' photos).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", ssl_context=None, directory: Path | None = None):
         self.routes: dict[str, tuple[str, bytes] | Callable] = {}
+        self.directory = Path(directory).resolve() if directory is not None else None
         self.requests: list[str] = []
         self.headers: list[dict[str, str]] = []  # the request headers, in the order of ``requests``
         self.connections = 0
@@ -51,6 +59,9 @@ class ImageServer:
 
         class _Server(ThreadingHTTPServer):
             daemon_threads = True
+            # socketserver's backlog of 5 drops concurrent connects, and each dropped SYN costs the
+            # client a 1 s retransmit: a benchmark's 8 clients of 16 URLs each would wait on it.
+            request_queue_size = 256
 
             def verify_request(self, request, client_address):
                 with owner._lock:
@@ -85,6 +96,15 @@ class ImageServer:
             self.requests.append(path)
             self.headers.append(headers or {})
 
+    def file_route(self, path: str) -> tuple[str, bytes] | None:
+        """(content type, bytes) of the file ``path`` names under ``directory``, or None."""
+        if self.directory is None:
+            return None
+        target = (self.directory / unquote(path).lstrip("/")).resolve()
+        if self.directory not in target.parents or not target.is_file():
+            return None  # outside the folder (../), or no such file
+        return mimetypes.guess_type(target.name)[0] or "application/octet-stream", target.read_bytes()
+
     def url(self, path: str, host: str | None = None) -> str:
         return f"{self.scheme}://{host or self.host}:{self.port}{path}"
 
@@ -100,10 +120,16 @@ class ImageServer:
         self.routes[path] = (content_type, body)
         return self.url(path)
 
-    def __enter__(self) -> "ImageServer":
+    def start(self) -> "ImageServer":
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def __enter__(self) -> "ImageServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -3,13 +3,13 @@
 import json
 import logging
 import threading
-import time
 
 import pytest
 
 from clip_service import create_app
 from clip_service.model.embedder import ClipEmbedder
 from clip_service.ops.logs import CloudLoggingFormatter
+from clip_service.ops.readiness import Readiness
 
 from .helpers import TINY_MODEL, metric_value
 
@@ -97,8 +97,10 @@ def test_liveness_and_readiness(client):
 
 def test_readiness_is_503_when_the_model_is_wedged(tiny_checkpoint):
     embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
-    app = create_app({"TESTING": True, "ready_timeout": 0.2, "ready_cache_seconds": 0.01, "batch_runners": 1},
-                     embedder=embedder)
+    app = create_app({"TESTING": True, "batch_runners": 1}, embedder=embedder)
+    # The probe on a clock the test moves: a cached "ready" expires without waiting it out.
+    now = [100.0]
+    app.extensions["clip_readiness"] = Readiness(embedder, ttl=5, timeout=0.2, clock=lambda: now[0])
     client = app.test_client()
     assert client.get("/health/ready").status_code == 200
     acquired, release = threading.Event(), threading.Event()
@@ -111,7 +113,7 @@ def test_readiness_is_503_when_the_model_is_wedged(tiny_checkpoint):
     holder = threading.Thread(target=endless_forward_pass)
     holder.start()
     assert acquired.wait(5)
-    time.sleep(0.05)  # let the cached "ready" expire
+    now[0] += 5  # the cached "ready" expires
     try:
         response = client.get("/health/ready")
         assert response.status_code == 503 and response.get_json()["status"] == "unready"
@@ -120,13 +122,11 @@ def test_readiness_is_503_when_the_model_is_wedged(tiny_checkpoint):
         release.set()
         holder.join()
         embedder._forward_slots.release()
-    time.sleep(0.05)
+    now[0] += 5
     assert client.get("/health/ready").status_code == 200
 
 
 def test_readiness_result_is_cached(tiny_checkpoint):
-    from clip_service.ops.readiness import Readiness
-
     class CountingEmbedder:
         calls = 0
 

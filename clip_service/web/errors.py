@@ -74,11 +74,15 @@ def _from_http_exception(error: HTTPException) -> ApiError:
     return ApiError(error.code or 500, message or error.description, errors=errors, headers=headers)
 
 
-def render_envelope(error: ApiError) -> Response:
-    """The service's error body: every key always present."""
-    body = {"code": error.status, "status": HTTPStatus(error.status).phrase, "message": error.message,
+def envelope(error: ApiError) -> dict:
+    """The service's error body, every key always present (no Flask: the Gunicorn worker writes it too)."""
+    return {"code": error.status, "status": HTTPStatus(error.status).phrase, "message": error.message,
             "errors": error.errors}
-    return json_response(body, status=error.status, headers=error.headers)
+
+
+def render_envelope(error: ApiError) -> Response:
+    """The service's error answer: the envelope as JSON, with the error's status and headers."""
+    return json_response(envelope(error), status=error.status, headers=error.headers)
 
 
 Renderer = Callable[[ApiError], Response]

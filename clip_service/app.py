@@ -48,19 +48,21 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
 
     api = create_api(app, settings)
     register_error_handlers(app)
-    from .web import demo, docs, embed, health, metrics, zeroshot
-    from .web.openai import views as openai_views
+    from .web import demo, docs, health, metrics
+    from .web.embed import views as embed
+    from .web.openai import views as openai
+    from .web.zeroshot import views as zeroshot
 
     api.register_blueprint(embed.bp)
     api.register_blueprint(health.bp)
     api.register_blueprint(metrics.bp)
     api.register_blueprint(zeroshot.bp)
-    openai_views.register(app, api)
+    openai.register(app, api)
     # The HTML pages are not API endpoints: registered on the app, they stay out of the OpenAPI document.
     app.register_blueprint(demo.bp)
     app.register_blueprint(docs.bp)
     if settings.weaviate:
-        from .web import weaviate
+        from .web.weaviate import views as weaviate
 
         weaviate.register(app, api)
     observability.init_app(app)
@@ -74,7 +76,7 @@ def _require_api_keys(app: Flask, settings: Settings) -> None:
     if settings.public_metrics:
         public.add("metrics.scrape")
     if settings.weaviate:
-        from .web import weaviate
+        from .web.weaviate import views as weaviate
 
         # Probes never carry credentials; Weaviate itself cannot send a key either.
         public |= weaviate.PROBE_ENDPOINTS | (weaviate.API_ENDPOINTS if settings.weaviate_public else set())

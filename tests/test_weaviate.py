@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 
 from clip_service import create_app
 from clip_service.model.embedder import ClipEmbedder
-from clip_service.web import weaviate
+from clip_service.web.weaviate import views as weaviate
 
 from .helpers import TINY_MODEL, image_bytes
 

@@ -1,17 +1,23 @@
-"""GET /health, /health/live and /health/ready."""
+"""GET /health, /health/live and /health/ready, and the one answer shape they share."""
 
 from __future__ import annotations
 
 from flask_smorest import Blueprint
+from marshmallow import Schema, fields
 
 from ..ops.readiness import Readiness
 from . import current
 from .jsonio import json_response
-from .schemas import HealthSchema
 
 bp = Blueprint("health", __name__, description="Is the model loaded and serving? (No API key needed.)")
 # Platform probes send no credentials.
 _OPEN = {"security": []}
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, metadata={
+        "description": "/health: healthy or unhealthy; /health/live: alive; /health/ready: ready or unready."})
+    model_loaded = fields.Boolean(required=True, metadata={"description": "Whether this worker holds the model."})
 
 
 def _answer(ok: bool, status: str, readiness: Readiness):

@@ -10,7 +10,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from ..config import Settings
-from .schemas import ErrorEnvelopeSchema
+from .common_schemas import ErrorEnvelopeSchema
 
 
 class ServiceApi(Api):
@@ -94,3 +94,17 @@ def error_docs(blueprint, schema, descriptions: dict[int, str], *, default: str 
         return decorate
 
     return documents
+
+
+# The 4xx answers of every endpoint of the service's own API that takes a JSON body.
+BODY_ERRORS = {
+    400: "The body is empty, not UTF-8, not JSON, or nested too deeply.",
+    413: "The body is larger than CLIP_MAX_BODY_BYTES.",
+    415: "The Content-Type is not application/json (UTF-8).",
+    422: "The JSON is not a valid request: see errors, field by field.",
+}
+
+
+def documents_body_errors(blueprint):
+    """Document the 4xx answers every JSON-body endpoint of ``blueprint`` gives, all in the error envelope."""
+    return error_docs(blueprint, ErrorEnvelopeSchema, BODY_ERRORS)(*BODY_ERRORS)

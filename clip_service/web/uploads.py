@@ -9,7 +9,7 @@ from flask_smorest import Blueprint, abort
 from marshmallow import Schema, ValidationError, fields, validate
 
 from ..pipeline import Upload
-from .schemas import LimitedList
+from .common_schemas import LimitedList
 
 _INVALID = "the request is not valid; see errors"
 

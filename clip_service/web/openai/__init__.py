@@ -1,1 +1,1 @@
-"""The OpenAI-compatible API under /v1: its views, schemas, error shape and vector encoding."""
+"""The OpenAI-compatible API under /v1: its views (with its error shape) and its schemas."""

@@ -11,8 +11,8 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from ...config import Settings
 from ...images.sources import is_data_uri, is_image_data_uri
+from ..common_schemas import RequestSchema
 from ..current import settings as _settings
-from ..schemas import _RequestSchema
 
 MODALITIES = ("text", "image")
 ENCODING_FORMATS = ("float", "base64")
@@ -58,7 +58,7 @@ class EmbeddingInput(fields.Field):
                            "maxItems": settings.max_texts}]}
 
 
-class EmbeddingRequestSchema(_RequestSchema):
+class EmbeddingRequestSchema(RequestSchema):
     """The body of POST /v1/embeddings (OpenAI's, plus Infinity's ``modality``)."""
 
     model = fields.String(required=True, metadata={"description": "The id from GET /v1/models."})

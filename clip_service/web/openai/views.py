@@ -1,10 +1,18 @@
-"""The OpenAI-compatible API: POST /v1/embeddings and GET /v1/models, errors in OpenAI's shape."""
+"""The OpenAI-compatible API: POST /v1/embeddings and GET /v1/models, errors in OpenAI's shape.
+
+Errors under /v1 are ``{"error": {"message", "type", "param", "code"}}``,
+rendered from the same ``ApiError`` as the service's envelope, so the two
+APIs can never disagree about what went wrong. Request validation answers
+400 here, as OpenAI does, instead of the service's 422.
+"""
 
 from __future__ import annotations
 
+import base64
 import time
 
-from flask import Flask
+import numpy as np
+from flask import Flask, Response
 from flask_smorest import Api, Blueprint
 
 from ...pipeline import ItemFailure, ModelInfo
@@ -12,8 +20,6 @@ from .. import current
 from ..errors import ApiError
 from ..jsonio import JsonBodyParser, json_response
 from ..openapi import add_error_response, error_docs
-from .errors import PREFIX, render_openai
-from .format import encode_vector
 from .schemas import (
     EmbeddingListSchema,
     EmbeddingRequestSchema,
@@ -23,11 +29,15 @@ from .schemas import (
     is_image_input,
 )
 
+PREFIX = "/v1"
 ERROR_RESPONSE = "OPENAI_ERROR"
 # OpenAI's model objects say when they were created; here, when this process started.
 _CREATED = int(time.time())
 # At most this many failed images are described in one error message.
 _MAX_DESCRIBED = 5
+# OpenAI's ``code`` for errors that have no more specific one.
+_CODES = {400: "invalid_request", 401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed",
+          413: "request_too_large", 415: "unsupported_media_type", 500: "internal_error", 503: "overloaded"}
 
 bp = Blueprint("openai", __name__, url_prefix=PREFIX,
                description="OpenAI-compatible embeddings: works with the openai package and its kin.")
@@ -39,6 +49,29 @@ def register(app: Flask, api: Api) -> None:
     add_error_response(api, ERROR_RESPONSE, OpenAIErrorSchema, "An error, in OpenAI's shape.")
     app.extensions["clip_error_renderers"].add(PREFIX, render_openai)
     api.register_blueprint(bp)
+
+
+def render_openai(error: ApiError) -> Response:
+    """``error`` in OpenAI's shape; the first field error becomes ``param`` and the message."""
+    status = 400 if error.status == 422 else error.status
+    message, param = error.message, error.param
+    if error.errors and param is None:
+        param, detail = _field_path(error.errors)
+        message = detail if param is None else f"Invalid '{param}': {detail}"
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": error.code or _CODES.get(status)}}
+    return json_response(body, status=status, headers=error.headers)
+
+
+def _field_path(errors: dict) -> tuple[str | None, str]:
+    """The first field error as (path such as "input[1]", message); path None for a rule across fields."""
+    name, value = next(iter(errors.items()))
+    path = str(name)
+    while isinstance(value, dict) and value:
+        key, value = next(iter(value.items()))
+        path += f"[{key}]" if str(key).isdigit() else f".{key}"
+    message = value[0] if isinstance(value, list) and value else str(value)
+    return (None if name == "_schema" else path), message
 
 
 # Answers not listed are in OpenAI's shape too, not the service's envelope.
@@ -61,6 +94,13 @@ def _check_model(model: str, info: ModelInfo) -> None:
         # OpenAI's answer to a model it does not have; the name sent is not echoed.
         raise ApiError(404, f"The model does not exist here; this service serves {info.model!r} "
                             "(see GET /v1/models).", param="model", code="model_not_found")
+
+
+def _encode_vector(vector: np.ndarray, encoding_format: str):
+    """The vector itself (orjson writes it as numbers), or base64 of its little-endian float32 bytes as OpenAI sends."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector
 
 
 def _image_failure(failures: list[ItemFailure], positions: list[int]) -> ApiError:
@@ -97,7 +137,7 @@ def create_embeddings(body):
     for positions, rows in ((texts, text_vectors.vectors), (images, image_vectors.vectors)):
         for i, vector in zip(positions, rows):
             vectors[i] = vector
-    data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, body["encoding_format"])}
+    data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body["encoding_format"])}
             for i, v in enumerate(vectors)]
     tokens = text_vectors.tokens
     return json_response({"object": "list", "data": data, "model": info.model,

@@ -4,38 +4,24 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-from ..pipeline import ImageSource, ImageVectors
-from . import current
-from .jsonio import JsonBodyParser, json_response
-from .openapi import error_docs
+from ...pipeline import ImageSource, ImageVectors
+from .. import current
+from ..common_schemas import item_errors
+from ..jsonio import JsonBodyParser, json_response
+from ..openapi import documents_body_errors
+from ..uploads import takes_uploads
 from .schemas import (
-    ErrorEnvelopeSchema,
     ImageEmbeddingsSchema,
     ImageEmbedRequestSchema,
     MixedEmbeddingsSchema,
     MixedEmbedRequestSchema,
     TextEmbeddingsSchema,
     TextEmbedRequestSchema,
-    item_errors,
 )
-from .uploads import takes_uploads
 
 bp = Blueprint("embeddings", __name__, url_prefix="/embed",
                description="Turn texts and images into L2-normalised CLIP vectors.")
 bp.ARGUMENTS_PARSER = JsonBodyParser()  # 415/400 for bodies that are not UTF-8 JSON
-
-
-BODY_ERRORS = {
-    400: "The body is empty, not UTF-8, not JSON, or nested too deeply.",
-    413: "The body is larger than CLIP_MAX_BODY_BYTES.",
-    415: "The Content-Type is not application/json (UTF-8).",
-    422: "The JSON is not a valid request: see errors, field by field.",
-}
-
-
-def documents_body_errors(blueprint: Blueprint):
-    """Document the 4xx answers every JSON-body endpoint of ``blueprint`` gives, all in the error envelope."""
-    return error_docs(blueprint, ErrorEnvelopeSchema, BODY_ERRORS)(*BODY_ERRORS)
 
 
 def _images_answer(images: ImageVectors):

@@ -1,16 +1,15 @@
-"""Marshmallow schemas: what each endpoint accepts and returns.
+"""What every API family's schemas are built from: fields with limits from settings, and the shared shapes.
 
-The request schemas validate the body, and the OpenAPI document is generated
-from them (see openapi.py): the limits that come from settings (items per list,
-characters per string) are fields that read the running app's settings, and
-the document shows the same numbers. The response schemas document the answers
-(the views serialise embeddings with orjson directly, since marshmallow would
-walk every float).
+The limits that come from settings (items per list, characters per string)
+are fields that read the running app's settings when they validate, and give
+the same numbers to the OpenAPI document (``openapi(settings)``, see
+openapi.py). Response schemas only document the answers: views serialise
+vectors with orjson directly, since marshmallow would walk every float.
 """
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load
 
 from ..images.sources import is_data_uri
 from ..pipeline import ItemFailure
@@ -73,6 +72,16 @@ class UrlString(LimitedString):
         return url
 
 
+class ImageInput(UrlString):
+    """An image: an http(s) URL, a ``data:`` URI, or raw base64 (what Hugging Face's clients send)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and "://" not in value[:16] and not is_data_uri(value):
+            # Raw base64 is read as a data: URI, with every limit a data: URI has.
+            return "data:image/*;base64," + fields.String._deserialize(self, value, attr, data, **kwargs)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class StrictBoolean(fields.Boolean):
     """JSON true or false only: not 0, 1, "yes" or "on", which marshmallow would read as booleans."""
 
@@ -82,7 +91,9 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
-class _RequestSchema(Schema):
+class RequestSchema(Schema):
+    """A request body: unknown fields are refused, naming the fields the endpoint accepts."""
+
     class Meta:
         unknown = RAISE  # documented as additionalProperties: false
 
@@ -94,42 +105,6 @@ class _RequestSchema(Schema):
             raise ValidationError(f"Unknown field; this endpoint accepts only "
                                   f"{', '.join(sorted(self.load_fields))}.", field_name="_schema")
         return data
-
-
-def _texts(**kwargs):
-    return LimitedList(
-        LimitedString(max_chars="max_text_chars",
-                      metadata={"description": "Any text; longer than the model's context "
-                                               "(77 tokens) it is truncated as CLIP does."}),
-        max_items="max_texts", **kwargs)
-
-
-def _urls(**kwargs):
-    return LimitedList(UrlString(max_chars="max_url_chars"), max_items="max_urls", **kwargs)
-
-
-class TextEmbedRequestSchema(_RequestSchema):
-    texts = _texts(required=True, validate=validate.Length(min=1, error="Send at least one text."),
-                   metadata={"description": "Texts to embed, in order."})
-
-
-class ImageEmbedRequestSchema(_RequestSchema):
-    urls = _urls(required=True, validate=validate.Length(min=1, error="Send at least one URL."),
-                 metadata={"description": "http(s) URLs of JPEG, PNG, WebP, GIF or BMP images, in order."})
-
-
-class MixedEmbedRequestSchema(_RequestSchema):
-    texts = _texts(load_default=list, metadata={"description": "Texts to embed, in order."})
-    urls = _urls(load_default=list, metadata={"description": "Image URLs to embed, in order."})
-
-    # What _not_empty checks, in the OpenAPI document (no field can say it).
-    OPENAPI = {"anyOf": [{"required": ["texts"], "properties": {"texts": {"minItems": 1}}},
-                         {"required": ["urls"], "properties": {"urls": {"minItems": 1}}}]}
-
-    @validates_schema
-    def _not_empty(self, data, **_):
-        if not data.get("texts") and not data.get("urls"):
-            raise ValidationError("Send at least one text or URL.", field_name="_schema")
 
 
 class ItemErrorSchema(Schema):
@@ -150,35 +125,13 @@ def item_errors(failures: list[ItemFailure]) -> list[dict]:
             for f in failures]
 
 
-class _ModelInfoSchema(Schema):
+class ModelInfoSchema(Schema):
+    """The model fields every answer of the service's own API carries."""
+
     model = fields.String(required=True, metadata={"description": "open_clip model name."})
     pretrained = fields.String(required=True,
                                metadata={"description": "Pretrained tag or checkpoint file name."})
     dimensions = fields.Integer(required=True, metadata={"description": "Length of every vector."})
-
-
-_vector = fields.List(fields.Float(), metadata={"description": "L2-normalised vector; [] for a failed image."})
-
-
-class TextEmbeddingsSchema(_ModelInfoSchema):
-    embeddings = fields.List(_vector, required=True)
-
-
-class ImageEmbeddingsSchema(_ModelInfoSchema):
-    embeddings = fields.List(_vector, required=True)
-    errors = fields.List(fields.Nested(ItemErrorSchema), required=True)
-
-
-class MixedEmbeddingsSchema(_ModelInfoSchema):
-    text_embeddings = fields.List(_vector, required=True)
-    image_embeddings = fields.List(_vector, required=True)
-    errors = fields.List(fields.Nested(ItemErrorSchema), required=True)
-
-
-class HealthSchema(Schema):
-    status = fields.String(required=True, metadata={
-        "description": "/health: healthy or unhealthy; /health/live: alive; /health/ready: ready or unready."})
-    model_loaded = fields.Boolean(required=True, metadata={"description": "Whether this worker holds the model."})
 
 
 class ErrorEnvelopeSchema(Schema):

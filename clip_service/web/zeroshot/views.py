@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-from ..images.sources import describe
-from ..pipeline import QueryFailed
-from . import current
-from .embed import documents_body_errors
-from .errors import ApiError
-from .jsonio import JsonBodyParser, json_response
-from .schemas import item_errors
-from .zeroshot_schemas import (
+from ...images.sources import describe
+from ...pipeline import QueryFailed
+from .. import current
+from ..common_schemas import item_errors
+from ..errors import ApiError
+from ..jsonio import JsonBodyParser, json_response
+from ..openapi import documents_body_errors
+from .schemas import (
     ClassifyBatchSchema,
     ClassifyRequestSchema,
     LabelScoreSchema,

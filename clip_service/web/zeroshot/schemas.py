@@ -4,28 +4,18 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from ..images.sources import is_data_uri
-from ..zeroshot import DEFAULT_TEMPLATE, NAMED_TEMPLATES, Templates, template_problem
-from .current import settings as _settings
-from .schemas import (
+from ...images.sources import is_data_uri
+from ...zeroshot import DEFAULT_TEMPLATE, NAMED_TEMPLATES, Templates, template_problem
+from ..common_schemas import (
+    ImageInput,
     ItemErrorSchema,
     LimitedList,
     LimitedString,
+    ModelInfoSchema,
+    RequestSchema,
     StrictBoolean,
-    UrlString,
-    _ModelInfoSchema,
-    _RequestSchema,
 )
-
-
-class ImageInput(UrlString):
-    """An image: an http(s) URL, a ``data:`` URI, or raw base64 (what Hugging Face's clients send)."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, str) and "://" not in value[:16] and not is_data_uri(value):
-            # Raw base64 is read as a data: URI, with every limit a data: URI has.
-            return "data:image/*;base64," + fields.String._deserialize(self, value, attr, data, **kwargs)
-        return super()._deserialize(value, attr, data, **kwargs)
+from ..current import settings as _settings
 
 
 class OneOrMany(fields.Field):
@@ -67,7 +57,7 @@ def _labels(**kwargs):
     return LimitedList(LimitedString(max_chars="max_label_chars"), max_items="max_labels", **kwargs)
 
 
-class ClassifyParametersSchema(_RequestSchema):
+class ClassifyParametersSchema(RequestSchema):
     candidate_labels = _labels(required=True, validate=validate.Length(min=1, error="Send at least one label."),
                                metadata={"description": "The labels to choose from; each must be distinct "
                                                         "and not blank."})
@@ -98,7 +88,7 @@ class ClassifyParametersSchema(_RequestSchema):
                                   f"{limit} prompts per request (CLIP_MAX_LABEL_TEXTS).", field_name="_schema")
 
 
-class ClassifyRequestSchema(_RequestSchema):
+class ClassifyRequestSchema(RequestSchema):
     inputs = OneOrMany(ImageInput(max_chars="max_url_chars"), max_items="max_urls", required=True, metadata={
         "description": "One image (an http(s) URL, a data: URI or raw base64), answered with a list of labels "
                        "and scores; or a list of them, answered with one such list per image."})
@@ -112,7 +102,7 @@ class LabelScoreSchema(Schema):
     cosine = fields.Float(metadata={"description": "The raw cosine similarity (with return_cosine)."})
 
 
-class ClassifyBatchSchema(_ModelInfoSchema):
+class ClassifyBatchSchema(ModelInfoSchema):
     results = fields.List(fields.List(fields.Nested(LabelScoreSchema)), required=True, metadata={
         "description": "One list per image, in order, best label first; [] for an image that failed."})
     errors = fields.List(fields.Nested(ItemErrorSchema), required=True)
@@ -122,7 +112,7 @@ QUERY_MODALITIES = ("text", "image")
 SCORES = ("cosine", "softmax")
 
 
-class RankRequestSchema(_RequestSchema):
+class RankRequestSchema(RequestSchema):
     query = fields.String(required=True, metadata={
         "description": "A text (query_modality text, the default) or an image: http(s) URL, data: URI or raw "
                        "base64 (query_modality image)."})
@@ -193,7 +183,7 @@ class RankResultSchema(Schema):
     document = fields.String(metadata={"description": "The document (with return_documents)."})
 
 
-class RankingSchema(_ModelInfoSchema):
+class RankingSchema(ModelInfoSchema):
     results = fields.List(fields.Nested(RankResultSchema), required=True, metadata={
         "description": "Best first; documents that failed are left out (see errors)."})
     errors = fields.List(fields.Nested(ItemErrorSchema), required=True)

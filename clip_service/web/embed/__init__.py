@@ -1,0 +1,1 @@
+"""The service's own embedding API: POST /embed/text, /embed/image and /embed/mixed."""

@@ -1,0 +1,1 @@
+"""Zero-shot labelling and ranking: POST /classify and POST /rank."""

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import base64
 import time
+from dataclasses import replace
 
 import numpy as np
 from flask import Flask, Response
 from flask_smorest import Api, Blueprint
 
-from ...pipeline import ItemFailure, ModelInfo
+from ...pipeline import ModelInfo
 from .. import current
 from ..errors import ApiError
+from ..flat_errors import field_errors, image_failure
 from ..jsonio import JsonBodyParser, json_response
 from ..openapi import add_error_response, error_docs
 from .schemas import (
@@ -33,8 +35,6 @@ PREFIX = "/v1"
 ERROR_RESPONSE = "OPENAI_ERROR"
 # OpenAI's model objects say when they were created; here, when this process started.
 _CREATED = int(time.time())
-# At most this many failed images are described in one error message.
-_MAX_DESCRIBED = 5
 # OpenAI's ``code`` for errors that have no more specific one.
 _CODES = {400: "invalid_request", 401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed",
           413: "request_too_large", 415: "unsupported_media_type", 500: "internal_error", 503: "overloaded"}
@@ -55,23 +55,14 @@ def render_openai(error: ApiError) -> Response:
     """``error`` in OpenAI's shape; the first field error becomes ``param`` and the message."""
     status = 400 if error.status == 422 else error.status
     message, param = error.message, error.param
-    if error.errors and param is None:
-        param, detail = _field_path(error.errors)
+    found = field_errors(error.errors) if param is None else []
+    if found:
+        path, messages = found[0]
+        param, detail = path or None, messages[0] if messages else ""
         message = detail if param is None else f"Invalid '{param}': {detail}"
     kind = "server_error" if status >= 500 else "invalid_request_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": error.code or _CODES.get(status)}}
     return json_response(body, status=status, headers=error.headers)
-
-
-def _field_path(errors: dict) -> tuple[str | None, str]:
-    """The first field error as (path such as "input[1]", message); path None for a rule across fields."""
-    name, value = next(iter(errors.items()))
-    path = str(name)
-    while isinstance(value, dict) and value:
-        key, value = next(iter(value.items()))
-        path += f"[{key}]" if str(key).isdigit() else f".{key}"
-    message = value[0] if isinstance(value, list) and value else str(value)
-    return (None if name == "_schema" else path), message
 
 
 # Answers not listed are in OpenAI's shape too, not the service's envelope.
@@ -103,16 +94,6 @@ def _encode_vector(vector: np.ndarray, encoding_format: str):
     return vector
 
 
-def _image_failure(failures: list[ItemFailure], positions: list[int]) -> ApiError:
-    # OpenAI has no per-item errors: one failed image fails the request, naming each failure.
-    parts = [f"input[{positions[f.index]}]: {f.error.message} ({f.error.code})" for f in failures[:_MAX_DESCRIBED]]
-    if len(failures) > _MAX_DESCRIBED:
-        parts.append(f"and {len(failures) - _MAX_DESCRIBED} more")
-    first = failures[0]
-    return ApiError(400, "Could not use the image at " + "; ".join(parts), param=f"input[{positions[first.index]}]",
-                    code=first.error.code)
-
-
 @bp.route("/embeddings", methods=["POST"])
 @bp.arguments(EmbeddingRequestSchema)
 @bp.response(200, EmbeddingListSchema)
@@ -132,7 +113,9 @@ def create_embeddings(body):
     text_vectors, image_vectors = pipeline.embed_mixed([inputs[i] for i in texts], [inputs[i] for i in images],
                                                        all_or_none=True)
     if image_vectors.failures:
-        raise _image_failure(image_vectors.failures, images)
+        # OpenAI has no per-item errors: one failed image fails the request, naming each failure.
+        failures = [replace(f, index=images[f.index]) for f in image_vectors.failures]  # positions in input
+        raise image_failure(failures, "input", lead="Could not use the image at ")
     vectors: list = [None] * len(inputs)
     for positions, rows in ((texts, text_vectors.vectors), (images, image_vectors.vectors)):
         for i, vector in zip(positions, rows):

@@ -24,6 +24,7 @@ from flask_smorest import Api, Blueprint
 from ...pipeline import ItemFailure
 from .. import current
 from ..errors import ApiError
+from ..flat_errors import at_most_described, field_errors, image_failure
 from ..jsonio import JsonBodyParser, json_response
 from ..openapi import add_error_response, error_docs
 from .schemas import MetaSchema, VectorizeRequestSchema, VectorizeResponseSchema, WeaviateErrorSchema
@@ -36,8 +37,6 @@ PATHS = ("/vectorize", "/meta", "/.well-known/live", "/.well-known/ready")
 # Endpoint names for the API-key check (app.py): the probes are always open, the API only when public.
 PROBE_ENDPOINTS = frozenset({"weaviate.live", "weaviate.ready"})
 API_ENDPOINTS = frozenset({"weaviate.vectorize", "weaviate.meta"})
-# At most this many failed images or invalid fields are described in one error message.
-_MAX_DESCRIBED = 5
 # Each image becomes a data URI so it takes the same road as any other in-request image
 # (byte and pixel limits, allowed formats, batching, error codes). The decoder sniffs the
 # bytes, so the declared type is only there to make a data URI: a JPEG works as well.
@@ -67,38 +66,17 @@ def render_weaviate(error: ApiError) -> Response:
     """``error`` as ``{"error": "<message>"}``, field errors spelled out in the message."""
     message = error.message
     if error.errors:
-        message = "the request is not valid: " + "; ".join(_field_messages(error.errors))
+        fields = [f"{path or 'body'}: {' '.join(map(str, messages))}" for path, messages in field_errors(error.errors)]
+        message = "the request is not valid: " + "; ".join(at_most_described(fields))
     return json_response({"error": message}, status=error.status, headers=error.headers)
 
 
-def _field_messages(errors: dict, path: str = "") -> list[str]:
-    found: list[str] = []
-    for key, value in errors.items():
-        if key == "_schema":
-            name = path or "body"
-        elif isinstance(key, int) or str(key).isdigit():
-            name = f"{path}[{key}]"
-        else:
-            name = f"{path}.{key}" if path else str(key)
-        if isinstance(value, dict):
-            found.extend(_field_messages(value, name))
-        else:
-            found.append(f"{name}: {' '.join(map(str, value)) if isinstance(value, list) else value}")
-    if not path and len(found) > _MAX_DESCRIBED:
-        found = found[:_MAX_DESCRIBED] + [f"and {len(found) - _MAX_DESCRIBED} more"]
-    return found
-
-
-def _image_failure(failures: list[ItemFailure]) -> ApiError:
-    parts = [f"images[{f.index}]: {_MESSAGES.get(f.error.code, f.error.message)} ({f.error.code})"
-             for f in failures[:_MAX_DESCRIBED]]
-    if len(failures) > _MAX_DESCRIBED:
-        parts.append(f"and {len(failures) - _MAX_DESCRIBED} more")
-    message = "could not use " + "; ".join(parts)
+def _vectorize_failure(failures: list[ItemFailure]) -> ApiError:
+    error = image_failure(failures, "images", lead="could not use ", messages=_MESSAGES)
     if all(f.error.code == "fetch_timeout" for f in failures):
         # Only a busy worker times out on an image in the body: retrying may succeed.
-        return ApiError(503, message, headers={"Retry-After": "1"})
-    return ApiError(400, message)
+        return ApiError(503, error.message, headers={"Retry-After": "1"})
+    return error
 
 
 # Answers not listed are in Weaviate's shape too, not the service's envelope.
@@ -125,7 +103,7 @@ def vectorize(body):
     sources = [_DATA_URI_HEADER + image for image in body["images"]]
     texts, images = current.pipeline().embed_mixed(body["texts"], sources, all_or_none=True)
     if images.failures:
-        raise _image_failure(images.failures)
+        raise _vectorize_failure(images.failures)
     return json_response({"textVectors": texts.vectors, "imageVectors": images.vectors})
 
 

@@ -37,7 +37,7 @@ class ClipClient:
         self.deadline = deadline
         self.max_request_bytes = max_request_bytes
         self._http = Transport(self.base_url, api_key=api_key, timeout=timeout, connect_timeout=connect_timeout,
-                               retry=RetryPolicy(retries, backoff, max_backoff), pool_size=pool_size,
+                               retry=RetryPolicy.make(retries, backoff, max_backoff), pool_size=pool_size,
                                user_agent=user_agent)
         self._lock = threading.Lock()
         self._limits: Limits | None = None

@@ -1,25 +1,27 @@
 """HTTP to the service: one pooled keep-alive session, retries with backoff and jitter, a deadline per call.
 
-Retried: 429, 502, 503 and 504 answers and connection errors (embedding the
-same input twice is harmless, so POSTs are retried too), waiting what
-``Retry-After`` asks when it is sent, else an exponentially growing delay
-with jitter so many clients do not come back together. Never retried: 401
-and 403 (a wrong key stays wrong) and every other answer, which goes back to
-the caller. No wait runs past the call's deadline: a Retry-After that would
-ends the call at once.
+What is retried and how long to wait is urllib3's ``Retry`` (``RetryPolicy``):
+429, 502, 503 and 504 answers and connection errors, for every method
+(embedding the same input twice is harmless, so POSTs are retried too),
+waiting what ``Retry-After`` asks when it is sent, else an exponentially
+growing delay with jitter so many clients do not come back together. Never
+retried: 401 and 403 (a wrong key stays wrong) and every other answer, which
+goes back to the caller. No wait runs past the call's deadline: a Retry-After
+that would ends the call at once.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import random
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, MaxRetryError
+from urllib3.response import BaseHTTPResponse
+from urllib3.util.retry import Retry
 
 from .errors import AuthenticationError, DeadlineExceeded, NotAClipService, ServiceUnavailable, ServiceUnreachable
 
@@ -40,39 +42,34 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _AUTH_STATUSES = frozenset({401, 403})
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to retry; ``backoff`` doubles per attempt up to ``max_backoff`` (seconds)."""
+class RetryPolicy(Retry):
+    """urllib3's ``Retry`` as the service wants it; ``make()`` builds one, ``wait()`` says how long before a retry."""
 
-    retries: int = 8
-    backoff: float = 0.5
-    max_backoff: float = 30.0
+    @classmethod
+    def make(cls, retries: int = 8, backoff: float = 0.5, max_backoff: float = 30.0) -> RetryPolicy:
+        """Up to ``retries`` retries; ``backoff`` seconds, doubling per retry up to ``max_backoff``."""
+        return cls(total=retries, status_forcelist=RETRY_STATUSES, allowed_methods=None,  # None: every method
+                   backoff_factor=backoff, backoff_max=max_backoff)
 
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
-        if retry_after is not None:
-            # At least what the service asked, plus a little so clients told the same do not return together.
-            return retry_after + random.uniform(0, min(1.0, 0.1 * retry_after))
-        ceiling = min(self.max_backoff, self.backoff * 2 ** attempt)
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter": grows, but never in step
+    def get_backoff_time(self) -> float:
+        """Seconds to wait before this retry: between half and all of a ceiling that doubles per retry."""
+        # "Equal jitter": urllib3's own formula retries the first time at once and adds its jitter on
+        # top; this one waits from the first retry on, and never in step with other clients.
+        if not self.history:
+            return 0.0
+        ceiling = min(self.backoff_max, self.backoff_factor * 2 ** (len(self.history) - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: a number of seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    def wait(self, response: BaseHTTPResponse | None) -> float:
+        """Seconds to wait before the next try: what ``Retry-After`` asks, plus a little, else the backoff."""
+        try:
+            asked = self.get_retry_after(response) if response is not None else None
+        except InvalidHeader:  # unreadable: as if it were not there
+            asked = None
+        if asked is None:
+            return self.get_backoff_time()
+        # A little more than asked, so clients told the same do not return together.
+        return asked + random.uniform(0, min(1.0, 0.1 * asked))
 
 
 def error_message(response: requests.Response) -> str:
@@ -130,13 +127,18 @@ class Transport:
 
     def send(self, method: str, path: str, data: bytes | None, deadline: float, *,
              retry_connection_errors: bool = True) -> requests.Response:
+        """Send until an answer that is not retried, within ``deadline`` (a ``time.monotonic()`` value)."""
+        # The loop is here, not in urllib3 (which retries inside one call, with one timeout for every
+        # try and sleeps that know no deadline), so that each try's timeout and each wait stop at the
+        # call's deadline; what to retry and how long to wait is the policy's.
         url = self.base_url + path
         headers = {"Content-Type": "application/json"} if data is not None else None
-        attempt = 0
+        retry = self.retry if retry_connection_errors else self.retry.new(connect=0)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(f"{method} {url}: no answer within the call's deadline")
+            answer, error = None, None
             try:
                 response = self.session.request(
                     method, url, data=data, headers=headers,
@@ -144,25 +146,33 @@ class Transport:
             except requests.exceptions.InvalidURL as exc:
                 raise ServiceUnreachable(f"{url} is not a valid URL: {exc}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if not retry_connection_errors and not isinstance(exc, requests.Timeout):
-                    raise ServiceUnreachable(f"cannot reach {self.base_url}: {_reason(exc)}") from None
-                cause, retry_after = f"cannot reach {self.base_url}: {_reason(exc)}", None
+                cause, error = f"cannot reach {self.base_url}: {_reason(exc)}", _urllib3_error(exc)
             else:
                 if response.status_code in _AUTH_STATUSES:
                     raise AuthenticationError(f"{self.base_url} refused the API key "
                                               f"({response.status_code}): {error_message(response)}")
-                if response.status_code not in RETRY_STATUSES:
+                if not retry.is_retry(method, response.status_code):
                     return response
                 cause = f"{method} {url} answered {response.status_code}: {error_message(response)}"
-                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                answer = response.raw
                 response.close()  # back to the pool before the wait
-            if attempt >= self.retry.retries:
-                raise ServiceUnavailable(f"{cause} (gave up after {attempt + 1} attempts)")
-            wait = self.retry.delay(attempt, retry_after)
+            try:
+                retry = retry.increment(method, url, response=answer, error=error)
+            except MaxRetryError as gave_up:
+                # urllib3's connection errors, refused ones included, are ConnectTimeoutErrors.
+                if not retry_connection_errors and isinstance(gave_up.reason, ConnectTimeoutError):
+                    raise ServiceUnreachable(cause) from None
+                raise ServiceUnavailable(f"{cause} (gave up after {len(retry.history) + 1} attempts)") from None
+            wait = retry.wait(answer)
             if time.monotonic() + wait >= deadline:
                 raise DeadlineExceeded(f"{cause}; the next try (in {wait:.1f} s) would be past the call's deadline")
             time.sleep(wait)
-            attempt += 1
+
+
+def _urllib3_error(exc: requests.RequestException) -> Exception:
+    """The urllib3 error inside requests' exception, which is what ``Retry`` classifies."""
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], Exception) else exc
+    return inner.reason if isinstance(inner, MaxRetryError) and isinstance(inner.reason, Exception) else inner
 
 
 def _reason(exc: Exception) -> str:

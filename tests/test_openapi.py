@@ -72,6 +72,26 @@ def test_the_document_shows_the_configured_limits(tiny_embedder):
     assert "7890 bytes" in spec["info"]["description"]
 
 
+def test_rank_documents_its_two_forms_with_their_limits(tiny_embedder):
+    client = create_app({"TESTING": True, "max_texts": 5, "max_urls": 3, "max_text_chars": 123,
+                         "max_url_chars": 456}, embedder=tiny_embedder).test_client()
+    spec = client.get("/openapi.json").get_json()
+    forms = _request_schema(spec, "/rank")["oneOf"]
+    text_query, image_query = (_resolve(spec, form) for form in forms)
+    # A text query ranks images (CLIP_MAX_URLS of them), an image query ranks texts (CLIP_MAX_TEXTS).
+    assert text_query["properties"]["documents"]["maxItems"] == 3
+    assert text_query["properties"]["query"]["maxLength"] == 123
+    assert image_query["properties"]["documents"]["maxItems"] == 5
+    assert image_query["properties"]["documents"]["items"]["maxLength"] == 123
+    # Exactly one form fits a body: query_modality picks it, and only "image" picks the image form.
+    assert text_query["properties"]["query_modality"]["enum"] == ["text"]
+    assert image_query["properties"]["query_modality"]["enum"] == ["image"]
+    assert "query_modality" in image_query["required"] and "query_modality" not in text_query["required"]
+    # An image may be raw base64 or a data: URI, bounded by the body, not by CLIP_MAX_URL_CHARS.
+    assert "maxLength" not in text_query["properties"]["documents"]["items"]
+    assert "maxLength" not in image_query["properties"]["query"]
+
+
 def test_the_default_limits_are_documented(client):
     texts = _request_schema(client.get("/openapi.json").get_json(), "/embed/text")["properties"]["texts"]
     assert texts["maxItems"] == 256 and texts["items"]["maxLength"] == 10_000

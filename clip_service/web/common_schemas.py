@@ -75,6 +75,10 @@ class UrlString(LimitedString):
 class ImageInput(UrlString):
     """An image: an http(s) URL, a ``data:`` URI, or raw base64 (what Hugging Face's clients send)."""
 
+    def openapi(self, settings) -> dict:
+        # No maxLength: raw base64 and data: URIs are bounded by the body size, not by the URL limit.
+        return {}
+
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and "://" not in value[:16] and not is_data_uri(value):
             # Raw base64 is read as a data: URI, with every limit a data: URI has.

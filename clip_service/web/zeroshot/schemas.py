@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from ...images.sources import is_data_uri
 from ...zeroshot import DEFAULT_TEMPLATE, NAMED_TEMPLATES, Templates, template_problem
 from ..common_schemas import (
     ImageInput,
@@ -112,14 +111,9 @@ QUERY_MODALITIES = ("text", "image")
 SCORES = ("cosine", "softmax")
 
 
-class RankRequestSchema(RequestSchema):
-    query = fields.String(required=True, metadata={
-        "description": "A text (query_modality text, the default) or an image: http(s) URL, data: URI or raw "
-                       "base64 (query_modality image)."})
-    documents = fields.List(fields.String(), required=True, validate=validate.Length(min=1), metadata={
-        "description": "The candidates: images when the query is a text (at most CLIP_MAX_URLS), texts when "
-                       "it is an image (at most CLIP_MAX_TEXTS)."})
-    query_modality = fields.String(load_default="text", validate=validate.OneOf(QUERY_MODALITIES))
+class _RankForm(RequestSchema):
+    """What both forms of POST /rank's body share."""
+
     top_n = fields.Integer(strict=True, validate=validate.Range(min=1), metadata={
         "description": "Return only the best n results (default: all)."})
     return_documents = StrictBoolean(load_default=False, metadata={
@@ -128,53 +122,43 @@ class RankRequestSchema(RequestSchema):
         "description": "cosine: the cosine similarity; softmax: softmax over the candidates of the model's "
                        "logit scale x cosine."})
 
-    @validates_schema
-    def _limits_of_each_side(self, data, **_):
-        if "query" not in data or "documents" not in data:
-            return
-        settings = _settings()
-        image_query = data.get("query_modality") == "image"
-        documents = data["documents"]
-        limit = settings.max_texts if image_query else settings.max_urls
-        if len(documents) > limit:
-            raise ValidationError(f"At most {limit} items per request.", field_name="documents")
-        errors = {}
-        for i, item in enumerate(documents):
-            problem = _check(item, image=not image_query, settings=settings)
-            if problem:
-                errors[i] = [problem]
-        if errors:
-            raise ValidationError(errors, field_name="documents")
-        problem = _check(data["query"], image=image_query, settings=settings)
-        if problem:
-            raise ValidationError(problem, field_name="query")
 
-    @post_load
-    def _images_as_sources(self, data, **_):
-        image_query = data["query_modality"] == "image"
-        if image_query:
-            data["query"] = _as_source(data["query"])
-        else:
-            data["documents"] = [_as_source(d) for d in data["documents"]]
-        return data
+class TextQueryRankSchema(_RankForm):
+    """Images ranked against a text (query_modality "text", the default)."""
+
+    query = LimitedString(max_chars="max_text_chars", required=True, metadata={
+        "description": "The text the images are ranked against."})
+    documents = LimitedList(ImageInput(max_chars="max_url_chars"), max_items="max_urls", required=True,
+                            validate=validate.Length(min=1), metadata={
+                                "description": "The images to rank: http(s) URLs, data: URIs or raw base64."})
+    # Documented as the one value that picks this form; any other value than "image" is
+    # loaded here too, so the validator names both.
+    query_modality = fields.String(load_default="text", validate=validate.OneOf(QUERY_MODALITIES),
+                                   metadata={"enum": ["text"]})
 
 
-def _check(value: str, *, image: bool, settings) -> str | None:
-    if image:
-        if is_data_uri(value) or "://" not in value[:16]:
-            return None  # the image itself: bounded by the body and CLIP_FETCH_MAX_BYTES
-        if len(value) > settings.max_url_chars:
-            return f"Longer than {settings.max_url_chars} characters."
-        if any("\ud800" <= ch <= "\udfff" for ch in value):
-            return "Not a valid URL: it holds a lone surrogate."
-        return None
-    if len(value) > settings.max_text_chars:
-        return f"Longer than {settings.max_text_chars} characters."
-    return None
+class ImageQueryRankSchema(_RankForm):
+    """Texts ranked against an image (query_modality "image")."""
+
+    query = ImageInput(max_chars="max_url_chars", required=True, metadata={
+        "description": "The image the texts are ranked against: an http(s) URL, a data: URI or raw base64."})
+    documents = LimitedList(LimitedString(max_chars="max_text_chars"), max_items="max_texts", required=True,
+                            validate=validate.Length(min=1), metadata={"description": "The texts to rank."})
+    query_modality = fields.String(required=True, validate=validate.OneOf(["image"]))
 
 
-def _as_source(value: str) -> str:
-    return value if is_data_uri(value) or "://" in value[:16] else "data:image/*;base64," + value
+class RankRequestSchema(Schema):
+    """POST /rank's body: one of its two forms, as ``query_modality`` says (documented as their oneOf)."""
+
+    FORMS = {"text": TextQueryRankSchema, "image": ImageQueryRankSchema}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._forms = {name: form() for name, form in self.FORMS.items()}
+
+    def load(self, data, **kwargs):
+        modality = data.get("query_modality") if isinstance(data, dict) else None
+        return self._forms["image" if modality == "image" else "text"].load(data, **kwargs)
 
 
 class RankResultSchema(Schema):

@@ -64,6 +64,9 @@ def classify(body):
 
 @bp.route("/rank", methods=["POST"])
 @bp.arguments(RankRequestSchema, example=_RANK_EXAMPLE)
+# Documented as its two forms (RankRequestSchema itself only picks one).
+@bp.doc(requestBody={"content": {"application/json": {"schema": {
+    "oneOf": list(RankRequestSchema.FORMS.values())}}}})
 @bp.response(200, RankingSchema)
 @bp.alt_response(422, description="Not a valid request; or the query image could not be used (errors.query "
                                   "names its code).", schema=None)

@@ -4,17 +4,21 @@
 # requirements.txt, gunicorn.conf.py or wsgi.py:
 #
 #   bash scripts/check-container.sh [--cache] [--keep-image] [--rebuild-base]
+#   bash scripts/check-container.sh --print-mirror
 #
 #   --cache         reuse the layers of an earlier run (quick rebuilds while you
 #                   iterate; the build time printed is then not a full build's)
 #   --keep-image    leave localhost/clip-service:check behind (several GB)
 #   --rebuild-base  rebuild the local python:3.11-slim stand-in
+#   --print-mirror  print the Debian mirror the stand-in would be built from, and
+#                   stop (needs neither root nor Podman)
 #
 # It needs root, a Debian host, the package registries, and a Python that can
 # import open_clip (.venv/bin/python when there is one, else python3; or set
 # PYTHON=...). First it sets up, idempotently, what it needs: Debian's podman,
 # runc and debootstrap; a containers.conf drop-in; a local stand-in for
-# python:3.11-slim (Docker Hub is out of reach here). Then it builds the image
+# python:3.11-slim (Docker Hub is out of reach here), bootstrapped from the
+# Debian mirror this host's apt already uses (or DEBIAN_MIRROR=...). Then it builds the image
 # with this machine's pip configuration (its local torch wheels) and a
 # fixed-seed random ViT-B-32 baked in (no model hub here either), starts it and
 # checks: /health answers 200 within 60 s; /health/ready answers 200;
@@ -22,29 +26,90 @@
 # uid; Gunicorn is PID 1; and `podman stop -t 10` makes it exit 0 within 10 s.
 # It prints the build time and the image size, and stops at the first failure
 # with a "FAIL:" line (exit 1).
+
+# debian_mirror SUITE [APT_DIR]: the first archive apt's sources (APT_DIR, by
+# default /etc/apt) take SUITE's packages from, in apt's own reading order:
+# sources.list, then sources.list.d/ by name, one-line *.list and deb822
+# *.sources alike. An archive for SUITE itself, so neither the security
+# archive (SUITE-security) nor another vendor's repository is taken for it.
+debian_mirror() {
+  local suite=$1 dir=${2:-/etc/apt} files=() file
+  [ -f "$dir/sources.list" ] && files+=("$dir/sources.list")
+  for file in "$dir"/sources.list.d/*; do
+    case "$file" in *.list | *.sources) [ -f "$file" ] && files+=("$file") ;; esac
+  done
+  [ "${#files[@]}" -gt 0 ] || return 1
+  awk -v suite="$suite" '
+    function has(list, word,   n, i, items) {
+      n = split(list, items, /[ \t]+/)
+      for (i = 1; i <= n; i++) if (items[i] == word) return 1
+      return 0
+    }
+    function take(uris,   n, i, items) {  # the first http(s) or file address, without a trailing slash
+      n = split(uris, items, /[ \t]+/)
+      for (i = 1; i <= n; i++) if (items[i] ~ /^(https?|file):/) { sub(/\/+$/, "", items[i]); print items[i]; found = 1; exit }
+    }
+    function stanza() {  # a deb822 paragraph, once it has ended
+      if (has(fields["types"], "deb") && tolower(fields["enabled"]) != "no" && has(fields["suites"], suite))
+        take(fields["uris"])
+      split("", fields); last = ""
+    }
+    FNR == 1 { if (deb822) stanza(); deb822 = FILENAME ~ /\.sources$/ }
+    deb822 && /^[ \t]*#/ { next }
+    deb822 && /^[ \t]*$/ { stanza(); next }
+    deb822 && /^[ \t]/ { if (last != "") fields[last] = fields[last] " " $0; next }  # a continued field
+    deb822 {
+      name = tolower(substr($0, 1, index($0, ":") - 1)); value = substr($0, index($0, ":") + 1)
+      gsub(/^[ \t]+|[ \t]+$/, "", value)
+      fields[name] = value; last = name; next
+    }
+    {  # one-line style: deb [options] URI SUITE COMPONENT...
+      sub(/#.*/, ""); if ($1 != "deb") next
+      i = 2
+      if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+      if ($(i + 1) == suite) take($i)
+    }
+    END { if (deb822 && !found) stanza(); exit !found }
+  ' "${files[@]}"
+}
+
+# Sourced (to try debian_mirror on other sources): the function only.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
+
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE=localhost/clip-service:check
 CONTAINER=clip-service-check
 BASE=docker.io/library/python:3.11-slim
-MINBASE=localhost/clip-service-minbase:bookworm
+SUITE=bookworm  # python:3.11-slim's Debian
+MINBASE=localhost/clip-service-minbase:$SUITE
 CONF=/etc/containers/containers.conf.d/50-clip-service.conf
 CHECKPOINT=weights/vit-b-32-random-seed0.pt
 # The project's virtualenv when there is one (README's set-up), else python3.
 if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; fi
 PYTHON=${PYTHON:-python3}
-DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
-cache=false keep_image=false rebuild_base=false
+cache=false keep_image=false rebuild_base=false print_mirror=false
 for arg in "$@"; do
   case "$arg" in
     --cache) cache=true ;;
     --keep-image) keep_image=true ;;
     --rebuild-base) rebuild_base=true ;;
-    *) echo "usage: $0 [--cache] [--keep-image] [--rebuild-base]" >&2; exit 2 ;;
+    --print-mirror) print_mirror=true ;;
+    *) echo "usage: $0 [--cache] [--keep-image] [--rebuild-base] | --print-mirror" >&2; exit 2 ;;
   esac
 done
+
+# The mirror the stand-in is bootstrapped from: DEBIAN_MIRROR, else the one apt uses here.
+mirror() {
+  if [ -n "${DEBIAN_MIRROR:-}" ]; then printf '%s\n' "$DEBIAN_MIRROR"; return; fi
+  debian_mirror "$SUITE" || {
+    echo "FAIL: no Debian archive for $SUITE in /etc/apt/sources.list or /etc/apt/sources.list.d/; set DEBIAN_MIRROR=..." >&2
+    return 1
+  }
+}
+if [ "$print_mirror" = true ]; then mirror; exit; fi
 
 say() { printf '%s\n' "$*"; }
 ok() { printf 'ok    %s\n' "$*"; }
@@ -116,8 +181,9 @@ ok "containers.conf: $CONF (runc, cgroupfs, nofile=$nofile, nproc=$nproc)"
 # certificates (this network intercepts TLS).
 if [ "$rebuild_base" = true ] || ! podman image exists "$BASE"; then
   if [ "$rebuild_base" = true ] || ! podman image exists "$MINBASE"; then
-    say "debootstrap --variant=minbase bookworm (about a minute)"
-    debootstrap --variant=minbase bookworm "$work/rootfs" "$DEBIAN_MIRROR" > "$work/debootstrap.log" 2>&1 \
+    debian=$(mirror) || exit 1
+    say "debootstrap --variant=minbase $SUITE from $debian (about a minute)"
+    debootstrap --variant=minbase "$SUITE" "$work/rootfs" "$debian" > "$work/debootstrap.log" 2>&1 \
       || { tail -20 "$work/debootstrap.log" >&2; fail "debootstrap failed"; }
     tar -C "$work/rootfs" -c . | podman import - "$MINBASE" >/dev/null 2>&1 || fail "podman import failed"
     rm -rf "$work/rootfs"
@@ -195,7 +261,9 @@ print("\n".join(f"{p}:{p}:ro" for p in sorted(paths)))
 EOF
 )
 [ -s "$work/pip.conf" ] || fail "could not read this machine's pip configuration (pip config list)"
-index_url=$(sed -n 's/^index-url = //p' "$work/pip.conf"); index_url=${index_url:-https://pypi.org/simple}
+index_url=$(sed -n 's/^index-url = //p' "$work/pip.conf")
+# None configured: pip's own default index, asked of pip rather than written here.
+[ -n "$index_url" ] || index_url=$("$PYTHON" -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')
 say "pip configuration for the build:"; sed 's/^/      /' "$work/pip.conf"
 say "build-time mounts: ${mounts[*]}"
 

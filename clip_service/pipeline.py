@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextvars
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
@@ -26,7 +26,10 @@ from .images.fetcher import ImageFetcher
 from .images.sources import describe
 from .model.embedder import ClipEmbedder
 from .model.tokenizer import token_count
-from .zeroshot import Templates, ensemble, softmax
+from .zeroshot import Templates, best_first, ensemble, softmax
+
+# What /rank may order candidates by.
+RANK_SCORES = ("cosine", "softmax")
 
 
 @dataclass(frozen=True)
@@ -66,25 +69,40 @@ class ImageVectors:
 
 
 @dataclass
-class LabelScores:
-    """One image against the candidate labels, in the labels' order."""
+class InputVectors:
+    """The vectors of one sequence of texts and images, in its order."""
 
-    cosines: np.ndarray
-    probabilities: np.ndarray  # softmax of logit scale x cosine
+    vectors: list[np.ndarray | None]  # one per input; None for an image that failed
+    tokens: int  # CLIP tokens of the texts, start and end tokens included
+    failures: list[ItemFailure] = field(default_factory=list)  # each indexed by its input's position
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """One candidate label for one image."""
+
+    label: str
+    probability: float  # softmax over the labels of logit scale x cosine
+    cosine: float
 
 
 @dataclass
 class Classification:
-    images: list[LabelScores | None]  # one per source; None where it failed
+    images: list[list[LabelScore] | None]  # one per source: every label, best first; None where it failed
     failures: list[ItemFailure] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One candidate that did not fail: its position among the candidates, and its score."""
+
+    index: int
+    score: float
 
 
 @dataclass
 class Ranking:
-    """One query against candidates: a cosine per candidate (NaN where a candidate image failed)."""
-
-    cosines: np.ndarray
-    probabilities: np.ndarray  # softmax over the candidates that did not fail (NaN for those that did)
+    results: list[Ranked]  # best first, at most top_n; failed candidates left out
     failures: list[ItemFailure] = field(default_factory=list)
 
 
@@ -189,6 +207,20 @@ class EmbeddingPipeline:
             images = self.embed_images(sources, all_or_none=all_or_none)
             return text_job.result(), images
 
+    def embed_inputs(self, items: Sequence[str | ImageSource], is_image: Sequence[bool], *,
+                     all_or_none: bool = False) -> InputVectors:
+        """Embed one sequence of texts and images (``is_image`` says which is which); vectors in its order."""
+        images = [i for i, image in enumerate(is_image) if image]
+        texts = [i for i, image in enumerate(is_image) if not image]
+        text_vectors, image_vectors = self.embed_mixed([items[i] for i in texts], [items[i] for i in images],
+                                                       all_or_none=all_or_none)
+        vectors: list[np.ndarray | None] = [None] * len(items)
+        for positions, rows in ((texts, text_vectors.vectors), (images, image_vectors.vectors)):
+            for i, vector in zip(positions, rows):
+                vectors[i] = vector
+        failures = [replace(f, index=images[f.index]) for f in image_vectors.failures]
+        return InputVectors(vectors, text_vectors.tokens, failures)
+
     def label_vectors(self, labels: Sequence[str], templates: Templates) -> np.ndarray:
         """One unit vector per label: its prompts' text vectors ensembled (open_clip's zero-shot classifier)."""
         identity = (self.embedder.model_name, self.embedder.pretrained)
@@ -203,23 +235,32 @@ class EmbeddingPipeline:
         return np.stack(found) if found else np.zeros((0, self.embedder.dimensions), dtype=np.float32)
 
     def classify(self, sources: Sequence[ImageSource], labels: Sequence[str], templates: Templates) -> Classification:
-        """Score each image against ``labels`` (zero-shot); the labels are embedded while the images download."""
+        """Score each image against ``labels``, best first; the labels are embedded while the images download."""
         with ThreadPoolExecutor(1, thread_name_prefix="labels") as pool:
             label_job = pool.submit(contextvars.copy_context().run, self.label_vectors, labels, templates)
             images = self.embed_images(sources)
             label_matrix = label_job.result()
         scale = self.embedder.logit_scale
-        scored: list[LabelScores | None] = []
+        scored: list[list[LabelScore] | None] = []
         for vector in images.vectors:
             if vector is None:
                 scored.append(None)
                 continue
             cosines = label_matrix @ vector
-            scored.append(LabelScores(cosines, softmax(cosines, scale)))
+            probabilities = softmax(cosines, scale)
+            scored.append([LabelScore(labels[i], float(probabilities[i]), float(cosines[i]))
+                           for i in best_first(probabilities)])
         return Classification(scored, images.failures)
 
-    def rank(self, query: str | ImageSource, candidates: Sequence, *, query_is_image: bool) -> Ranking:
-        """Score candidate images against a text query, or candidate texts against an image query."""
+    def rank(self, query: str | ImageSource, candidates: Sequence, *, query_is_image: bool, by: str,
+             top_n: int | None = None) -> Ranking:
+        """Order candidate images against a text query, or candidate texts against an image query, best first.
+
+        ``by`` is one of RANK_SCORES: the cosine, or the softmax over the
+        candidates that did not fail of logit scale x cosine.
+        """
+        if by not in RANK_SCORES:
+            raise ValueError(f"by must be one of {RANK_SCORES}, not {by!r}")
         if query_is_image:
             texts, images = self.embed_mixed(list(candidates), [query])
             if images.failures:
@@ -230,11 +271,13 @@ class EmbeddingPipeline:
             texts, images = self.embed_mixed([query], list(candidates))
             query_vector, candidate_vectors, failures = texts.vectors[0], images.vectors, images.failures
         cosines = np.array([np.nan if v is None else float(v @ query_vector) for v in candidate_vectors])
-        good = ~np.isnan(cosines)
-        probabilities = np.full(len(cosines), np.nan)
-        if good.any():
-            probabilities[good] = softmax(cosines[good], self.embedder.logit_scale)
-        return Ranking(cosines, probabilities, failures)
+        scores = cosines
+        if by == "softmax":
+            good = ~np.isnan(cosines)
+            scores = np.full(len(cosines), np.nan)
+            if good.any():
+                scores[good] = softmax(cosines[good], self.embedder.logit_scale)
+        return Ranking([Ranked(i, float(scores[i])) for i in best_first(scores, top_n)], failures)
 
     def _model_input(self, data: bytes, deadline: float) -> "_Prepared":
         # Runs in the download thread: a cached vector needs no decoding at all, and a

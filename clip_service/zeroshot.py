@@ -1,4 +1,4 @@
-"""Zero-shot labelling and ranking arithmetic: prompt templates, ensembled label vectors, CLIP's softmax.
+"""Zero-shot labelling and ranking arithmetic: prompt templates, ensembled label vectors, CLIP's softmax, best first.
 
 Framework-free and model-free: the pipeline embeds, this module says what to
 embed and how to score it, exactly as open_clip's zero-shot evaluation does
@@ -71,3 +71,9 @@ def softmax(cosines: np.ndarray, logit_scale: float) -> np.ndarray:
     logits -= logits.max(axis=-1, keepdims=True)
     weights = np.exp(logits)
     return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def best_first(scores: np.ndarray, top_n: int | None = None) -> list[int]:
+    """Positions of ``scores`` from best to worst (ties in order), NaN (a failed candidate) left out, at most ``top_n``."""
+    kept = sorted((i for i in range(len(scores)) if scores[i] == scores[i]), key=lambda i: -scores[i])
+    return kept[:top_n]

@@ -225,6 +225,18 @@ def test_bad_rank_requests_are_422_and_the_service_stays_up(small_limits_client,
     assert small_limits_client.post("/rank", json={"query": "a cat", "documents": [GOOD_IMAGE]}).status_code == 200
 
 
+@pytest.mark.parametrize("scores, top_n, order", [
+    ([0.1, 0.3, 0.2], None, [1, 2, 0]),
+    ([0.2, np.nan, 0.2, 0.5], None, [3, 0, 2]),  # ties keep their order; NaN (a failed candidate) is left out
+    ([0.2, 0.1, 0.3], 2, [2, 0]),
+    ([np.nan, np.nan], None, []),
+])
+def test_best_first_orders_scores_and_cuts_at_top_n(scores, top_n, order):
+    from clip_service.zeroshot import best_first
+
+    assert best_first(np.array(scores), top_n) == order
+
+
 def test_the_document_describes_both_classify_shapes_with_examples(client):
     spec = client.get("/openapi.json").get_json()
     operation = spec["paths"]["/classify"]["post"]

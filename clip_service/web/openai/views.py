@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import replace
 
 import numpy as np
 from flask import Flask, Response
@@ -108,23 +107,14 @@ def create_embeddings(body):
                             f"{info.dimensions} or leave it out (CLIP vectors cannot be shortened).",
                        param="dimensions", code="unsupported_dimensions")
     inputs, modality = body["input"], body.get("modality")
-    images = [i for i, item in enumerate(inputs) if is_image_input(item, modality)]
-    texts = [i for i, item in enumerate(inputs) if not is_image_input(item, modality)]
-    text_vectors, image_vectors = pipeline.embed_mixed([inputs[i] for i in texts], [inputs[i] for i in images],
-                                                       all_or_none=True)
-    if image_vectors.failures:
+    embedded = pipeline.embed_inputs(inputs, [is_image_input(item, modality) for item in inputs], all_or_none=True)
+    if embedded.failures:
         # OpenAI has no per-item errors: one failed image fails the request, naming each failure.
-        failures = [replace(f, index=images[f.index]) for f in image_vectors.failures]  # positions in input
-        raise image_failure(failures, "input", lead="Could not use the image at ")
-    vectors: list = [None] * len(inputs)
-    for positions, rows in ((texts, text_vectors.vectors), (images, image_vectors.vectors)):
-        for i, vector in zip(positions, rows):
-            vectors[i] = vector
+        raise image_failure(embedded.failures, "input", lead="Could not use the image at ")
     data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body["encoding_format"])}
-            for i, v in enumerate(vectors)]
-    tokens = text_vectors.tokens
+            for i, v in enumerate(embedded.vectors)]
     return json_response({"object": "list", "data": data, "model": info.model,
-                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+                          "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}})
 
 
 @bp.route("/models", methods=["GET"])

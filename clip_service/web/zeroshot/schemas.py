@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from ...pipeline import RANK_SCORES
 from ...zeroshot import DEFAULT_TEMPLATE, NAMED_TEMPLATES, Templates, template_problem
 from ..common_schemas import (
     ImageInput,
@@ -108,7 +109,6 @@ class ClassifyBatchSchema(ModelInfoSchema):
 
 
 QUERY_MODALITIES = ("text", "image")
-SCORES = ("cosine", "softmax")
 
 
 class _RankForm(RequestSchema):
@@ -118,7 +118,7 @@ class _RankForm(RequestSchema):
         "description": "Return only the best n results (default: all)."})
     return_documents = StrictBoolean(load_default=False, metadata={
         "description": "Repeat each result's document (an image's data: URI only by its header)."})
-    scores = fields.String(load_default="cosine", validate=validate.OneOf(SCORES), metadata={
+    scores = fields.String(load_default="cosine", validate=validate.OneOf(RANK_SCORES), metadata={
         "description": "cosine: the cosine similarity; softmax: softmax over the candidates of the model's "
                        "logit scale x cosine."})
 

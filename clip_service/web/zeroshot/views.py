@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from ...images.sources import describe
-from ...pipeline import QueryFailed
+from ...pipeline import LabelScore, QueryFailed
 from .. import current
 from ..common_schemas import item_errors
 from ..errors import ApiError
@@ -29,10 +29,17 @@ _RANK_EXAMPLE = {"query": "a photo of a cat", "documents": ["https://example.com
                                                             "https://example.com/car.jpg"], "top_n": 1}
 
 
-def _label_scores(labels, scores, with_cosine: bool) -> list[dict]:
-    order = sorted(range(len(labels)), key=lambda i: -scores.probabilities[i])
-    return [{"label": labels[i], "score": float(scores.probabilities[i]),
-             **({"cosine": float(scores.cosines[i])} if with_cosine else {})} for i in order]
+def _label_scores(scores: list[LabelScore], with_cosine: bool) -> list[dict]:
+    return [{"label": s.label, "score": s.probability, **({"cosine": s.cosine} if with_cosine else {})}
+            for s in scores]
+
+
+def _document(body: dict, index: int) -> dict:
+    """With return_documents, a result's document: a text as sent, an image as errors name it (describe)."""
+    if not body["return_documents"]:
+        return {}
+    document = body["documents"][index]
+    return {"document": document if body["query_modality"] == "image" else describe(document)}
 
 
 @bp.route("/classify", methods=["POST"])
@@ -46,17 +53,16 @@ def _label_scores(labels, scores, with_cosine: bool) -> list[dict]:
 @documents_body_errors(bp)
 def classify(body):
     """Label images zero-shot: softmax over the candidate labels of logit scale x cosine."""
-    params = body["parameters"]
-    labels, single = params["candidate_labels"], isinstance(body["inputs"], str)
-    result = current.pipeline().classify([body["inputs"]] if single else body["inputs"], labels,
+    params, single = body["parameters"], isinstance(body["inputs"], str)
+    result = current.pipeline().classify([body["inputs"]] if single else body["inputs"], params["candidate_labels"],
                                          params["hypothesis_template"])
     if single:
         if result.failures:
             error = result.failures[0].error
             raise ApiError(422, f"the image could not be used: {error.message}",
                            errors={"inputs": [f"{error.code}: {error.message}"]}, code=error.code)
-        return json_response(_label_scores(labels, result.images[0], params["return_cosine"]))
-    results = [[] if scores is None else _label_scores(labels, scores, params["return_cosine"])
+        return json_response(_label_scores(result.images[0], params["return_cosine"]))
+    results = [[] if scores is None else _label_scores(scores, params["return_cosine"])
                for scores in result.images]
     return json_response({"results": results, "errors": item_errors(result.failures),
                           **current.model_info()})
@@ -75,16 +81,12 @@ def rank(body):
     """Rank candidates against one query: images against a text, or texts against an image."""
     image_query = body["query_modality"] == "image"
     try:
-        ranking = current.pipeline().rank(body["query"], body["documents"], query_is_image=image_query)
+        ranking = current.pipeline().rank(body["query"], body["documents"], query_is_image=image_query,
+                                          by=body["scores"], top_n=body.get("top_n"))
     except QueryFailed as failed:
         error = failed.failure.error
         raise ApiError(422, f"the query image could not be used: {error.message}",
                        errors={"query": [f"{error.code}: {error.message}"]}, code=error.code) from None
-    scores = ranking.probabilities if body["scores"] == "softmax" else ranking.cosines
-    kept = sorted((i for i in range(len(scores)) if scores[i] == scores[i]), key=lambda i: -scores[i])
-    results = [{"index": i, "relevance_score": float(scores[i]),
-                **({"document": body["documents"][i] if image_query else describe(body["documents"][i])}
-                   if body["return_documents"] else {})}
-               for i in kept[:body.get("top_n")]]
+    results = [{"index": r.index, "relevance_score": r.score, **_document(body, r.index)} for r in ranking.results]
     return json_response({"results": results, "errors": item_errors(ranking.failures),
                           **current.model_info()})

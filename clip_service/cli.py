@@ -140,7 +140,7 @@ def _local_backend():
         raise _SettingsError(refusal_line(exc), EXIT_BAD_SETTINGS) from None
     try:
         from .bulk.local import LocalBackend
-        from .model.embedder import ModelLoadError
+        from .model.errors import ModelLoadError
     except ImportError as exc:
         raise InputError(f"running the model in-process needs {exc.name}: pip install 'clip-service[server]' "
                          "(or pass --url to use a running service)") from None

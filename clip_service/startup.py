@@ -52,7 +52,7 @@ def settings_or_exit(environ: Mapping[str, str] | None = None, stream: TextIO | 
 def app_or_exit() -> "Flask":
     """The app of ``create_app()``, or one line and exit EXIT_BAD_SETTINGS or EXIT_MODEL_LOAD."""
     from .app import create_app
-    from .model.embedder import ModelLoadError
+    from .model.errors import ModelLoadError
 
     try:
         return create_app()

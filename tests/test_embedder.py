@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from clip_service.images.decoding import decode_image
-from clip_service.model.embedder import ClipEmbedder, ModelLoadError, needs_quick_gelu
+from clip_service.model.embedder import ClipEmbedder
+from clip_service.model.errors import ModelLoadError
+from clip_service.model.tags import needs_quick_gelu
 
 from .helpers import TINY_MODEL, as_image, reference_image_vectors, reference_text_vectors
 

@@ -17,8 +17,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from clip_service.model import convert, loading, prepacked
-from clip_service.model.embedder import ClipEmbedder, ModelLoadError
+from clip_service.model import convert, converted, empty_model, loading, mapped_pages, prepacked, tags
+from clip_service.model.embedder import ClipEmbedder
+from clip_service.model.errors import ModelLoadError
 
 from .helpers import TESTS, TINY_MODEL
 from .support.checkpoints import write_random_checkpoint
@@ -89,7 +90,7 @@ def test_the_fast_path_never_builds_a_random_model(monkeypatch, tiny_checkpoint)
 
 
 def test_parameters_are_built_on_meta_and_buffers_for_real():
-    model = loading.build_empty(TINY_MODEL, quick_gelu=False)
+    model = empty_model.build_empty(TINY_MODEL, quick_gelu=False)
     assert all(p.is_meta for p in model.parameters())
     torch.manual_seed(0)
     expected_mask = open_clip.create_model(TINY_MODEL).attn_mask
@@ -236,15 +237,15 @@ def test_a_converted_file_round_trips_with_the_tags_settings(tmp_path, tiny_chec
     assert "bitwise" in capsys.readouterr().out
     with safe_open(str(dest), framework="pt") as f:
         meta = f.metadata()
-    assert meta[loading.META_MODEL] == TINY_MODEL and meta[loading.META_QUICK_GELU] == "1"
-    assert meta[loading.META_PRETRAINED] == "quickgelu-tag"
+    assert meta[converted.META_MODEL] == TINY_MODEL and meta[converted.META_QUICK_GELU] == "1"
+    assert meta[converted.META_PRETRAINED] == "quickgelu-tag"
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(dest.stat().st_mode) == 0o666 & ~umask  # readable by the image's app user
-    assert json.loads(meta[loading.META_PREPROCESS])["interpolation"] == "bilinear"
+    assert json.loads(meta[converted.META_PREPROCESS])["interpolation"] == "bilinear"
 
     # A path carries no tag: the header's settings are what make it the tag's model.
-    assert loading.pretrained_label(TINY_MODEL, str(dest)) == "quickgelu-tag"  # what responses report
+    assert tags.pretrained_label(TINY_MODEL, str(dest)) == "quickgelu-tag"  # what responses report
     loaded = loading.load_model(TINY_MODEL, str(dest), "cpu", prepack=False)
     assert _activations(loaded.model) == {"QuickGELU"}
     _assert_same_model(loaded, _reference(TINY_MODEL, "quickgelu-tag", force_quick_gelu=True), TINY_MODEL)
@@ -256,9 +257,9 @@ def test_a_converted_file_names_its_weights_by_their_digest_for_the_cache(tmp_pa
     dest = tmp_path / "tiny.safetensors"
     assert convert.main(["--model", TINY_MODEL, str(tiny_checkpoint), str(dest)]) == 0
     with safe_open(str(dest), framework="pt") as f:
-        recorded = f.metadata()[loading.META_WEIGHTS_SHA256]
+        recorded = f.metadata()[converted.META_WEIGHTS_SHA256]
         tensors = {name: f.get_tensor(name) for name in f.keys()}
-    assert recorded == loading.weights_digest(tensors)  # the digest is of exactly the weights in the file
+    assert recorded == converted.weights_digest(tensors)  # the digest is of exactly the weights in the file
     assert weights_identity(str(dest)) == f"weights-sha256:{recorded}"
     other = tmp_path / "other.safetensors"
     assert convert.main(["--model", TINY_MODEL, str(write_random_checkpoint(TINY_MODEL, tmp_path / "o.pt", seed=5)),
@@ -346,7 +347,7 @@ def test_the_model_layer_imports_open_clip_without_the_compiler_stack_timm_or_th
         from torch._dynamo.utils import is_compile_supported
         assert answer == is_compile_supported("cpu")
         # timm comes back for the architectures that need it.
-        from clip_service.model.lean_import import ensure_timm
+        from clip_service.model.private_apis import ensure_timm
         assert open_clip.timm_model.timm is None
         ensure_timm()
         assert open_clip.timm_model.timm is sys.modules["timm"]
@@ -419,7 +420,7 @@ def test_released_pages_of_a_mapped_checkpoint_leave_memory_and_read_back_the_sa
     torch.save({"w": weights}, path)
     mapped = torch.load(path, mmap=True, weights_only=True)["w"]
     assert torch.equal(mapped, weights)  # every page read in
-    pages = loading.MappedPages(str(path))
+    pages = mapped_pages.MappedPages(str(path))
     assert pages.ranges
     resident = _rss_file_kib()
     pages.release([mapped])
@@ -433,7 +434,7 @@ def test_release_never_touches_memory_outside_the_files_mapping(tmp_path):
     mapped = torch.load(path, mmap=True, weights_only=True)  # noqa: F841  (keeps the mapping)
     own = torch.randn(4 * 2**20)
     expected = own.clone()
-    loading.MappedPages(str(path)).release([own])
+    mapped_pages.MappedPages(str(path)).release([own])
     assert torch.equal(own, expected)  # MADV_DONTNEED would have zeroed anonymous pages
 
 

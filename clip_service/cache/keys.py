@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import open_clip
 
-from ..model.loading import META_WEIGHTS_SHA256, converted_metadata
+from ..model.converted import META_WEIGHTS_SHA256, converted_metadata
 
 # Bump when a change to the code changes the vectors for the same inputs.
 FORMAT = "clip-service/vectors/1"

@@ -9,7 +9,7 @@ float tensors, open_clip's key names, nothing to convert at start-up, and
 mapped rather than read when the service loads them (loading.py).
 
 A file path carries no tag, so the header records what the tag would have
-told the service (``loading.META_*``): the architecture, the source, the
+told the service (``converted.META_*``): the architecture, the source, the
 QuickGELU flag (laion400m_e32 was trained with QuickGELU, which the plain
 ViT-B-32 config lacks) and the tag's preprocessing. Loading the file applies
 them, and refuses it for another CLIP_MODEL. Before it exits, the command
@@ -30,20 +30,20 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from .lean_import import ensure_hub, ensure_timm
-from .loading import (
+from .converted import (
     META_MODEL,
     META_PREPROCESS,
     META_PRETRAINED,
     META_QUICK_GELU,
     META_WEIGHTS_SHA256,
-    ModelLoadError,
     converted_metadata,
-    load_model,
-    preprocess_arguments,
-    pretrained_tag_config,
     weights_digest,
 )
+from .errors import ModelLoadError
+from .loading import load_model
+from .preprocessing import preprocess_arguments
+from .private_apis import ensure_hub, ensure_timm
+from .tags import pretrained_tag_config
 
 # The preprocessing settings a tag may carry (open_clip's PreprocessCfg fields less size and mode).
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")

@@ -19,16 +19,8 @@ from PIL import Image
 
 from . import prepacked
 from .batching import Expected, MicroBatcher
-
-# Re-exported: callers and tests import these from here.
-from .loading import (  # noqa: F401
-    ModelLoadError,
-    load_model,
-    needs_quick_gelu,
-    pretrained_label,
-    pretrained_tag_config,
-    resolve_device,
-)
+from .loading import load_model, resolve_device
+from .tags import pretrained_label
 from .text_encoding import encode_text_packed, encode_text_trimmed, supports_text_packing, supports_text_trimming
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Import open_clip without the compiler stack, timm and the Hugging Face hub client until they are needed.
+"""Import a package without the modules it imports but never needs here, then put everything back.
 
 ``import open_clip`` takes ~3 s on a 2 vCPU machine, and most of it is not
 open_clip: torchvision's ``ops/roi_align.py`` imports ``torch._dynamo`` (the
@@ -7,14 +7,16 @@ it) for one helper that only its ``roi_align`` calls; open_clip imports timm,
 whose model modules import ``torch._dynamo`` again; and it imports
 ``huggingface_hub`` (~0.5 s with its HTTP stack) for downloads. None of them
 is needed to build, load or run open_clip's own CLIP towers from a local
-file. So, for the one ``import open_clip`` of the service process:
+file. So, for the one ``import open_clip`` of the service process
+(private_apis.py names the modules, as they are torch's and open_clip's
+private layout):
 
-- torchvision's helper is bound to a stand-in that imports the real one on
-  first call (the same answer, later);
-- timm and huggingface_hub are hidden, so open_clip takes its own "not
-  installed" branches. ``ensure_timm()`` and ``ensure_hub()`` undo that by
-  re-running the open_clip module concerned once the package is importable;
-  loading.py calls them before building a timm tower or downloading a tag.
+- a ``deferred`` module is replaced by a stand-in whose functions import the
+  real ones on first call (the same answer, later);
+- a ``hidden`` package is made unimportable, so open_clip takes its own "not
+  installed" branch. ``give_back`` undoes that by re-running the open_clip
+  module concerned once the package is importable; loading.py asks for it
+  before building a timm tower or downloading a tag.
 
 The stand-ins are gone when the import returns: every package imports
 normally afterwards. Anything unexpected falls back to a plain import.
@@ -28,53 +30,49 @@ import importlib
 import logging
 import sys
 import types
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
-_DYNAMO = "torch._dynamo"
-_DYNAMO_UTILS = "torch._dynamo.utils"
-# Hidden package -> the open_clip module that imports it inside ``try: ... except ImportError``.
-_DEFERRED = {"timm": "open_clip.timm_model", "huggingface_hub": "open_clip.pretrained"}
 
+def import_lean(name: str, *, deferred: dict[str, tuple[str, ...]], hidden: tuple[str, ...]) -> types.ModuleType:
+    """Import ``name`` once, lean when nothing imported it (or what it hides) yet.
 
-def import_open_clip() -> types.ModuleType:
-    """Import open_clip once, lean when nothing imported it (or what it hides) yet."""
-    if "open_clip" in sys.modules:
-        return sys.modules["open_clip"]
-    import torch  # noqa: F401  (the stand-ins below hang under torch's package)
-
+    ``deferred`` maps a module to the functions its stand-in defers;
+    ``hidden`` lists the packages made unimportable meanwhile.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
     stand_ins: dict[str, types.ModuleType | None] = {}
-    if _DYNAMO not in sys.modules and "torchvision" not in sys.modules:
-        stand_ins[_DYNAMO], stand_ins[_DYNAMO_UTILS] = _deferred_dynamo()
-    for package in _DEFERRED:
+    for module, functions in deferred.items():
+        importlib.import_module(module.partition(".")[0])  # the stand-ins hang under that package (torch)
+        if module.rpartition(".")[0] not in sys.modules:
+            stand_ins.update(_stand_ins(module, functions))
+    for package in hidden:
         if package not in sys.modules:
             stand_ins[package] = None  # None in sys.modules makes ``import package`` raise ImportError
     sys.modules.update(stand_ins)
     try:
-        return importlib.import_module("open_clip")
+        return importlib.import_module(name)
     except Exception as exc:  # a release that needs what was hidden: import it the plain way
-        log.warning("lean import of open_clip failed (%s); importing it in full", exc)
+        log.warning("lean import of %s failed (%s); importing it in full", name, exc)
         _remove(stand_ins)
-        for name in [m for m in sys.modules if m == "open_clip" or m.startswith("open_clip.")]:
-            del sys.modules[name]
-        return importlib.import_module("open_clip")
+        return import_in_full(name)
     finally:
         _remove(stand_ins)
 
 
-def ensure_timm() -> None:
-    """Give open_clip its timm back (for timm image towers); a no-op when it has it or timm is not installed."""
-    _restore("timm", attribute="timm")
+def import_in_full(name: str) -> types.ModuleType:
+    """Forget ``name`` and its submodules, and import it the plain way."""
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]
+    return importlib.import_module(name)
 
 
-def ensure_hub() -> None:
-    """Give open_clip its Hugging Face hub client back (for tag downloads); a no-op when it has it."""
-    _restore("huggingface_hub", attribute="hf_hub_download")
-
-
-def _restore(package: str, *, attribute: str) -> None:
-    module = sys.modules.get(_DEFERRED[package])
-    if module is None or getattr(module, attribute, None) is not None:
+def give_back(package: str, module: str, name: str) -> None:
+    """Bind ``package`` again where ``module`` binds it as ``name``; a no-op when bound or not installed."""
+    importer = sys.modules.get(module)
+    if importer is None or getattr(importer, name, None) is not None:
         return
     try:
         importlib.import_module(package)
@@ -82,30 +80,36 @@ def _restore(package: str, *, attribute: str) -> None:
         return
     # Re-running the module binds the package in its namespace, which its functions
     # and classes (also those imported elsewhere) read at call time.
-    importlib.reload(module)
+    importlib.reload(importer)
 
 
 def _remove(stand_ins: dict) -> None:
     for name, module in stand_ins.items():
         if sys.modules.get(name, False) is module:
             del sys.modules[name]
-    # Not getattr: torch's module __getattr__ would import the real _dynamo.
-    torch_namespace = vars(sys.modules["torch"])
-    if _DYNAMO in stand_ins and torch_namespace.get("_dynamo") is stand_ins[_DYNAMO]:
-        del torch_namespace["_dynamo"]  # torch imports the real one on first access again
+    for name, module in stand_ins.items():
+        parent, _, leaf = name.rpartition(".")
+        # Not getattr: torch's module __getattr__ would import the real torch._dynamo.
+        if module is not None and parent in sys.modules and vars(sys.modules[parent]).get(leaf) is module:
+            delattr(sys.modules[parent], leaf)  # the parent imports the real one on first access again
 
 
-def _deferred_dynamo() -> tuple[types.ModuleType, types.ModuleType]:
-    package = types.ModuleType(_DYNAMO, "clip-service stand-in while open_clip is imported")
+def _stand_ins(module: str, functions: tuple[str, ...]) -> dict[str, types.ModuleType]:
+    """A stand-in for ``module`` and its package, whose ``functions`` import the real ones on first call."""
+    package_name, _, leaf = module.rpartition(".")
+    package = types.ModuleType(package_name, "clip-service stand-in while open_clip is imported")
     package.__path__ = []
-    utils = types.ModuleType(_DYNAMO_UTILS, "clip-service stand-in while open_clip is imported")
+    stand_in = types.ModuleType(module, "clip-service stand-in while open_clip is imported")
+    for function in functions:
+        setattr(stand_in, function, _on_first_call(module, function))
+    setattr(package, leaf, stand_in)
+    return {package_name: package, module: stand_in}
 
-    def is_compile_supported(device_type):
-        """torch._dynamo.utils.is_compile_supported, imported on first call."""
-        from torch._dynamo.utils import is_compile_supported as real
 
-        return real(device_type)
+def _on_first_call(module: str, function: str) -> Callable:
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), function)(*args, **kwargs)
 
-    utils.is_compile_supported = is_compile_supported
-    package.utils = utils
-    return package, utils
+    call.__name__ = call.__qualname__ = function
+    call.__doc__ = f"{module}.{function}, imported on first call."
+    return call

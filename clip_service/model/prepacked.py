@@ -15,8 +15,9 @@ the final projection stay fp32, so vectors stay within ~1e-3 of fp32's
 service uses it only when asked (``CLIP_PRECISION=bf16``).
 
 The two ops are the ones torch's own compiler (inductor) emits when it
-freezes a CPU model; they are private, so their presence is checked, and
-each tower's first block is compared with open_clip's own before the tower is swapped.
+freezes a CPU model; they are private, so private_apis.py checks they are
+there (without them nothing is swapped), and each tower's first block is
+compared with open_clip's own before the tower is swapped.
 """
 
 from __future__ import annotations
@@ -27,15 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
-from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 from torch import nn
 from torch.nn import functional as F
 
-log = logging.getLogger(__name__)
+from . import private_apis
 
-_mkldnn = getattr(torch.ops, "mkldnn", None)
-_REORDER = getattr(_mkldnn, "_reorder_linear_weight", None)
-_LINEAR = getattr(getattr(_mkldnn, "_linear_pointwise", None), "default", None)
+log = logging.getLogger(__name__)
 
 # A swapped block must reproduce open_clip's block this closely on a random input.
 _TOLERANCE = 1e-4
@@ -46,12 +44,13 @@ _BF16_TOLERANCE = 2e-2
 
 def available() -> bool:
     """Whether this torch build has oneDNN and the two ops used here."""
-    return _REORDER is not None and _LINEAR is not None and torch.backends.mkldnn.is_available()
+    return (private_apis.reorder_linear_weight is not None and private_apis.linear_pointwise is not None
+            and torch.backends.mkldnn.is_available())
 
 
 def bf16_native() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (without it, oneDNN emulates bf16 slower than fp32)."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    checks = (private_apis.is_avx512_bf16_supported, private_apis.is_amx_tile_supported)
     return available() and any(check() for check in checks if check is not None)
 
 
@@ -71,10 +70,10 @@ class PrepackedLinear(nn.Module):
         # which one it computes: a QuickGELU checkpoint's blocks list QuickGELU.
         self.fused = fused
         self.input_dtype = weight.dtype
-        self.packed_weight = _REORDER(weight.detach().to(dtype))
+        self.packed_weight = private_apis.reorder_linear_weight(weight.detach().to(dtype))
         if bias is not None and bias.dtype != dtype:
             bias = nn.Parameter(bias.detach().to(dtype), requires_grad=False)
-        self.bias = bias  # a parameter of this module (loading.py copies a mapped one into memory)
+        self.bias = bias  # a parameter of this module (mapped_pages.py copies a mapped one into memory)
         self.out_features, self.in_features = weight.shape
         self.dtype, self.output_dtype = dtype, output_dtype or dtype
         # oneDNN applies it to the product as it is written (a "post-op"): no second pass over the output.
@@ -92,7 +91,8 @@ class PrepackedLinear(nn.Module):
         # Casts only where the dtypes differ: fp32's path stays one op (a short text's pass makes hundreds).
         if x.dtype != self.dtype:
             x = x.to(self.dtype)
-        out = _LINEAR(x.contiguous(), self.packed_weight, self.bias, self.activation, [], self.algorithm)
+        out = private_apis.linear_pointwise(x.contiguous(), self.packed_weight, self.bias, self.activation, [],
+                                            self.algorithm)
         return out if out.dtype == self.output_dtype else out.to(self.output_dtype)
 
 
@@ -187,9 +187,10 @@ def _swap_patch_embedding_checked(visual: nn.Module, on_swapped: Callable[[list[
 def _swappable(block: nn.Module) -> bool:
     attn = getattr(block, "attn", None)
     mlp = getattr(block, "mlp", None)
-    return (type(block) is ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
+    return (type(block) is private_apis.ResidualAttentionBlock and not hasattr(block, "ln_1_kv")
             and isinstance(attn, nn.MultiheadAttention) and attn.batch_first
-            and attn._qkv_same_embed_dim and attn.bias_k is None and not attn.add_zero_attn
+            and attn.kdim == attn.vdim == attn.embed_dim  # one in_proj_weight for q, k and v
+            and attn.bias_k is None and not attn.add_zero_attn
             and attn.in_proj_weight.dtype == torch.float32 and attn.in_proj_weight.device.type == "cpu"
             and isinstance(mlp, nn.Sequential)
             and isinstance(getattr(mlp, "c_fc", None), nn.Linear) and hasattr(mlp, "gelu")
@@ -215,7 +216,7 @@ def _swap(block: nn.Module, dtype: torch.dtype = torch.float32) -> tuple[nn.Modu
     post_op, fused = ("none", ""), act
     if type(act) is nn.GELU and act.approximate in ("none", "tanh"):
         post_op = ("gelu", act.approximate)
-    elif type(act) is QuickGELU:
+    elif type(act) is private_apis.QuickGELU:
         post_op = ("swish", "")
         fc_weight, proj_weight = fc_weight * _QUICK_GELU_SCALE, proj_weight / _QUICK_GELU_SCALE
         fc_bias = fc_bias * _QUICK_GELU_SCALE if fc_bias is not None else None

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import open_clip
 import torch
-from open_clip.transformer import text_global_pool
 
-from . import prepacked
+from . import prepacked, private_apis
 
 
 def supports_text_trimming(model) -> bool:
     """True for open_clip's standard CLIP text tower: causal mask, pooled at the EOT token."""
-    return (type(model) is open_clip.CLIP and getattr(model, "attn_mask", None) is not None
+    return (private_apis.text_global_pool is not None
+            and type(model) is open_clip.CLIP and getattr(model, "attn_mask", None) is not None
             and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
 
 
@@ -39,7 +39,7 @@ def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
     x = x + model.positional_embedding[:length].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
-    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    x = private_apis.text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     return _project_and_normalise(model, x)
 
 

@@ -14,7 +14,10 @@ from typing import Sequence
 
 import open_clip
 import torch
-from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, SimpleTokenizer
+from open_clip import SimpleTokenizer
+
+from . import private_apis
+from .errors import ModelLoadError
 
 # Longest word (in UTF-8 bytes) that is byte-pair-encoded whole; a longer one
 # is cut here first. No CLIP vocabulary token is longer than 32 bytes, so such
@@ -35,21 +38,25 @@ def for_model(model_name: str):
     and most others). Such a config gets that one; any other goes through
     ``get_tokenizer``.
     """
-    shared = getattr(open_clip.tokenizer, "_tokenizer", None)
+    shared = private_apis.shared_tokenizer()
+    default_context = private_apis.DEFAULT_CONTEXT_LENGTH
     config = open_clip.get_model_config(model_name) if ":" not in model_name else None
     text = (config or {}).get("text_cfg", {})
     if (type(shared) is SimpleTokenizer and config is not None and "siglip" not in model_name.lower()
             and not {"hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_mode"} & text.keys()
-            and text.get("context_length", DEFAULT_CONTEXT_LENGTH) == shared.context_length == DEFAULT_CONTEXT_LENGTH):
+            and text.get("context_length", default_context) == shared.context_length == default_context):
         return bounded(shared)
     return bounded(open_clip.get_tokenizer(model_name))
 
 
 def bounded(tokenizer):
     """Wrap open_clip's ``SimpleTokenizer``; return any other tokenizer unchanged."""
-    if type(tokenizer) is SimpleTokenizer and tokenizer.reduction_fn is None:
-        return BoundedTokenizer(tokenizer)
-    return tokenizer
+    if type(tokenizer) is not SimpleTokenizer:
+        return tokenizer
+    if not private_apis.SIMPLE_TOKENIZER_INTERNALS:
+        raise ModelLoadError(f"open_clip {open_clip.__version__}'s SimpleTokenizer lacks what clip_service bounds "
+                             f"its cost with (see clip_service/model/private_apis.py); install the pinned open_clip")
+    return BoundedTokenizer(tokenizer) if tokenizer.reduction_fn is None else tokenizer
 
 
 class BoundedTokenizer:

@@ -49,17 +49,7 @@ def test_a_partial_request_is_not_ready(cut):
 def test_the_head_is_parsed_once_it_is_whole():
     scanner = RequestScanner(MAX_HEAD, MAX_BODY, GET)
     assert (scanner.method, scanner.path, scanner.version) == (b"GET", b"/health/live", b"HTTP/1.1")
-    assert scanner.body_received() == 0 and not scanner.closes
-
-
-@pytest.mark.parametrize("head, closes", [
-    (b"GET / HTTP/1.1\r\n\r\n", False),
-    (b"GET / HTTP/1.1\r\nConnection: Keep-Alive, Close\r\n\r\n", True),
-    (b"GET / HTTP/1.0\r\n\r\n", True),
-    (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", False),
-])
-def test_connection_close(head, closes):
-    assert RequestScanner(MAX_HEAD, MAX_BODY, head).closes is closes
+    assert scanner.body_received() == 0
 
 
 def test_body_bytes_count_what_is_held_in_memory():
@@ -93,23 +83,34 @@ def test_framing_we_cannot_trust_is_handed_over_at_the_end_of_the_head(headers):
 
 @pytest.mark.parametrize("data", [
     b"GET / HTTP/1.1\nHost: x\r\n",  # bare LF: Gunicorn refuses it at once
+    b"GET / HTTP/1.1\r\nHost: x\n\r\n",  # bare LF ending a header
     b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a chunk size
     b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * 9000,  # chunk-size line without end
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-Trailer: 1\n",  # bare LF in a trailer
 ])
-def test_malformed_bytes_are_handed_over_as_they_are(data):
-    scanner = RequestScanner(MAX_HEAD, MAX_BODY, data)
-    assert scanner.ready and scanner.truncated and scanner.take()[0] == data
+@pytest.mark.parametrize("size", [1, 7, 10_000])
+def test_malformed_bytes_are_handed_over_at_once(data, size):
+    scanner, ready_at = scan_in_pieces(data, size)
+    assert scanner.ready and scanner.truncated and not scanner.body_too_large
+    assert ready_at is not None and ready_at <= len(data)  # not one byte more is waited for
+    assert data.startswith(scanner.take()[0])  # handed over as it came, up to where the defect was seen
 
 
-def test_a_chunked_body_over_the_limit_is_handed_over_once_past_it():
+@pytest.mark.parametrize("size", [1, 64, 10_000])
+def test_a_chunked_body_over_the_limit_is_too_large_at_the_size_line_that_crosses_it(size):
     head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-    scanner = RequestScanner(MAX_HEAD, MAX_BODY, head)
-    fed = 0
-    while not scanner.ready and fed < 2 * MAX_BODY:
-        scanner.feed(b"64\r\n" + b"a" * 100 + b"\r\n")
-        fed += 100
-    assert scanner.ready and scanner.truncated
-    assert MAX_BODY < fed <= MAX_BODY + 100  # more than the app allows, so it answers 413
+    chunks = (b"64\r\n" + b"a" * 100 + b"\r\n") * (MAX_BODY // 100)  # exactly the limit: still fine
+    scanner, _ = scan_in_pieces(head + chunks + b"1\r\n", size)
+    assert scanner.body_too_large and not scanner.ready  # the 1001st byte is announced, not waited for
+    exact, _ = scan_in_pieces(head + chunks + b"0\r\n\r\n", size)
+    assert exact.ready and not exact.truncated and not exact.body_too_large
+
+
+def test_a_chunk_size_line_over_the_limit_is_too_large_as_soon_as_it_ends():
+    scanner = RequestScanner(MAX_HEAD, MAX_BODY, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4000000")
+    assert not scanner.body_too_large  # the line may go on
+    scanner.feed(b"\r\n")
+    assert scanner.body_too_large and not scanner.ready and scanner.body_received() == 9
 
 
 def test_a_head_over_the_limit_is_too_large():

@@ -7,7 +7,9 @@ buffered bytes. Whatever this module cannot frame with certainty (no single
 plain Content-Length, a Transfer-Encoding not ending in chunked, a bad chunk
 size line, a bare LF) is handed over as it is, marked ``truncated``, so that
 Gunicorn rejects it at once instead of anyone waiting for more bytes, and the
-connection is closed after the answer.
+connection is closed after the answer. A chunked body that will not fit
+``max_body`` is never handed over: ``body_too_large`` says so as soon as a
+chunk-size line takes it past the limit, for the worker to answer 413.
 
 Hand-written because the framing must match Gunicorn's parser, not a stricter
 one: h11, for one, refuses requests (no Host header) that Gunicorn serves.
@@ -22,8 +24,9 @@ class RequestScanner:
     """Follow one request's bytes as they arrive and say when it is all here.
 
     ``max_head`` bounds the request line and headers (beyond it: ``too_large``);
-    ``max_body`` bounds the body kept in memory: a longer one is handed over
-    with what has arrived (``truncated``), enough for the app to answer 413.
+    ``max_body`` bounds the body kept in memory: a longer one declared by
+    Content-Length is handed over without its body (``truncated``) for the app
+    to answer 413 from the header; a longer chunked one is ``body_too_large``.
     """
 
     def __init__(self, max_head: int, max_body: int, data: bytes = b""):
@@ -34,16 +37,16 @@ class RequestScanner:
         self.end: int | None = None  # offset just past the request, once it can be handed over
         self.truncated = False  # handed over without (all of) its body: close the connection after
         self.too_large = False  # the head is longer than max_head
+        self.body_too_large = False  # chunked, and its chunk sizes add up to more than max_body
         self.method = self.path = b""
         self.version = b""
         self.content_length: int | None = None  # None: chunked, or handed over at the head
         self.chunked = False
         self.expects_continue = False
-        self.closes = False  # "Connection: close", or HTTP/1.0 (which closes unless asked not to)
         self._pos = 0  # chunked: where scanning resumes
         self._left = 0  # chunked: bytes of the current chunk's data (and its CRLF) still to come
         self._trailers = False  # chunked: the last chunk was seen, trailers follow
-        self._payload = 0  # chunked: data bytes seen
+        self._payload = 0  # chunked: data bytes announced by the size lines so far
         self.feed(data)
 
     @property
@@ -70,7 +73,7 @@ class RequestScanner:
         """Take more bytes from the connection (any that follow the request are kept for the next)."""
         searched = max(0, len(self.buf) - 3)
         self.buf += data
-        if self.end is not None or self.too_large:
+        if self.end is not None or self.too_large or self.body_too_large:
             return
         if self.head_end is None:
             self._find_head(searched)
@@ -121,7 +124,7 @@ class RequestScanner:
         if len(parts) == 3:
             self.method, target, self.version = parts
             self.path = target.split(b"?", 1)[0]
-        lengths, codings, connection = [], [], b""
+        lengths, codings = [], []
         for line in lines:
             name, _, value = line.partition(b":")
             name, value = name.strip().lower(), value.strip(b" \t")
@@ -131,10 +134,6 @@ class RequestScanner:
                 codings += [c.strip(b" \t").lower() for c in value.split(b",")]
             elif name == b"expect":
                 self.expects_continue = value.lower() == b"100-continue" and self.version == b"HTTP/1.1"
-            elif name == b"connection":
-                connection += b"," + value.lower()
-        tokens = {t.strip(b" \t") for t in connection.split(b",")}
-        self.closes = b"close" in tokens or (self.version != b"HTTP/1.1" and b"keep-alive" not in tokens)
 
         if codings:
             if codings[-1] != b"chunked" or lengths:
@@ -156,12 +155,8 @@ class RequestScanner:
         while True:
             if self._left:
                 step = min(self._left, len(buf) - pos)
-                self._payload += max(0, min(step, self._left - 2))
                 pos += step
                 self._left -= step
-                if self._payload > self.max_body:
-                    self._hand_over(pos)  # enough for the app to see the body is over its limit
-                    return
                 if self._left:
                     break
             if self._trailers:
@@ -172,7 +167,8 @@ class RequestScanner:
                 if end >= 0:
                     self.end = end + 4
                     return
-                if len(buf) - pos > self.max_head:
+                # A bare LF (Gunicorn refuses it at once), or more trailers than any head may hold.
+                if buf.count(b"\n", pos) != buf.count(b"\r\n", pos) or len(buf) - pos > self.max_head:
                     self._hand_over(len(buf))
                     return
                 break
@@ -189,6 +185,10 @@ class RequestScanner:
                 return
             pos = eol + 2
             chunk = int(size, 16)
+            if self._payload + chunk > self.max_body:
+                self.body_too_large = True  # known from the size line: none of this chunk is waited for
+                return
+            self._payload += chunk
             if chunk == 0:
                 self._trailers = True
             else:

@@ -13,29 +13,46 @@ connections and buffered bodies, dropping the stalest waiting connection first,
 answers ``GET /health/live`` itself with the app's own answer (taken once at
 start; constant for the process), and runs ``/health`` and ``/health/ready`` on
 threads of their own, so probes never queue behind requests.
+
+Every error answer the worker writes itself (408, 413, 431, 503, and the 400s
+of what Gunicorn's parser refuses) carries the service's envelope, built by
+``web.errors``, and has one access line. What the worker takes from Gunicorn
+beyond its API comes through ``gunicorn_private``, which checks it at import.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import resource
 import selectors
 import socket
 import sys
+import threading
 import time
 from collections import OrderedDict
 from concurrent import futures
+from datetime import timedelta
 from functools import partial
 from http import HTTPStatus
+from types import SimpleNamespace
 
-import orjson
-from gunicorn import SERVER, util
-from gunicorn.http.parser import RequestParser
-from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 from werkzeug.test import Client
 
 from ..config import Settings
+from ..web.errors import ApiError, envelope
+from ..web.jsonio import dumps_bytes
 from . import metrics
+from .gunicorn_private import (
+    SERVER,
+    STOP_KEEPALIVE_LINGER,
+    ChunkedReader,
+    RequestParser,
+    TConn,
+    ThreadWorker,
+    http_date,
+    refusal,
+)
 from .request_framing import RequestScanner
 
 LIVENESS = b"/health/live"  # answered by the event loop itself, so it answers whatever the threads do
@@ -48,6 +65,7 @@ _TICK = 0.25  # seconds between deadline sweeps: how late past its deadline a co
 _READ_SIZE, _BODY_READ_SIZE = 64 * 1024, 1024 * 1024  # the latter as Gunicorn's SocketUnreader
 _FD_HEADROOM = 256  # descriptors left for the app's own files and image-fetch sockets
 _LINGER_SECONDS, _LINGER_BYTES = 2.0, 64 * 1024  # as gunicorn.util.close_graceful
+_RETRY = {"Retry-After": "1"}  # a 503 from a full worker: a second later there may be room
 
 
 class _Conn(TConn):
@@ -68,13 +86,14 @@ class _Conn(TConn):
         self.watched = self.closed = False
 
 
-def _error(status: int, message: str, headers: bytes = b"") -> bytes:
-    """The service's error envelope (as clip_service.web.errors builds it), closing the connection."""
-    phrase = HTTPStatus(status).phrase
-    body = orjson.dumps({"code": status, "status": phrase, "message": message, "errors": {}})
+def _error_answer(error: ApiError) -> bytes:
+    """``error`` as a whole HTTP answer in the service's envelope (built by web.errors); the connection closes."""
+    body = dumps_bytes(envelope(error))
+    headers = b"".join(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+                       for name, value in error.headers.items())
     return (b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            b"%sContent-Length: %d\r\n\r\n%s" % (status, phrase.encode(), SERVER.encode(), util.http_date().encode(),
-                                                 headers, len(body), body))
+            b"%sContent-Length: %d\r\n\r\n%s" % (error.status, HTTPStatus(error.status).phrase.encode(),
+                                                 SERVER.encode(), http_date().encode(), headers, len(body), body))
 
 
 class BufferingWorker(ThreadWorker):
@@ -92,6 +111,7 @@ class BufferingWorker(ThreadWorker):
         self.liveness: tuple[bytes, bytes, bytes] | None = None  # status, headers, body
         self.probe_pool: futures.ThreadPoolExecutor | None = None
         self._next_sweep = 0.0
+        self._in_thread = threading.local()  # the connection a request thread serves, for handle_error
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -183,9 +203,16 @@ class BufferingWorker(ThreadWorker):
             self._drop(conn, "head_too_large", 431, f"the request head is larger than {MAX_HEAD} bytes")
             return
         if scan.head_end is None:
+            if scan.ready:
+                self._dispatch(conn)  # handed over before its head ended (a bare LF): Gunicorn refuses it at once
             return
         if conn.body_started is None:
             conn.body_started = now
+        if scan.body_too_large:
+            # A chunked body over the limit: 413 from its size line, as the app answers a Content-Length one.
+            self._refuse(conn, ApiError(413, f"the request body is larger than {self.settings.max_body_bytes} bytes"))
+            self._linger(conn)
+            return
         if scan.body_bytes > conn.reserved and not self._reserve(conn, scan.body_bytes - conn.reserved):
             return
         if scan.ready:
@@ -202,25 +229,43 @@ class BufferingWorker(ThreadWorker):
         request, conn.rest = scan.take()
         conn.used = True
         if liveness and not scan.truncated:
-            self._answer(conn, scan, *self.liveness)
-            return
+            probe = self._parse_probe(request, conn)
+            if probe is not None:
+                self._answer(conn, probe, *self.liveness)
+                return
+            # Refused by Gunicorn's parser: a probe thread answers it as Gunicorn would any request.
         conn.parser = RequestParser(self.cfg, _pieces(request), conn.client)  # this buffer, never the socket
         conn.data_ready = True  # the base class must not wait for the socket to be readable
-        pool = self.probe_pool if scan.path in PROBES else self.tpool
-        future = pool.submit(self.handle, conn)
+        pool = self.probe_pool if scan.path in PROBES or liveness else self.tpool
+        future = pool.submit(self._serve, conn)
         future.add_done_callback(partial(self._thread_done, conn))
+
+    def _parse_probe(self, request: bytearray, conn: _Conn):
+        """The liveness probe as Gunicorn's own parser reads it, or None where it refuses the request."""
+        try:
+            return next(RequestParser(self.cfg, [bytes(request)], conn.client))
+        except Exception:  # any refusal: the thread's parse raises it again and answers it
+            return None
+
+    def _serve(self, conn: _Conn):
+        """Gunicorn's handling of ``conn``'s request, in a request thread."""
+        self._in_thread.conn = conn
+        try:
+            return self.handle(conn)
+        finally:
+            self._in_thread.conn = None
 
     def _thread_done(self, conn: _Conn, future):
         self.method_queue.defer(self.finish_request, conn, future)
 
-    def _answer(self, conn: _Conn, scan: RequestScanner, status: bytes, headers: bytes, body: bytes):
+    def _answer(self, conn: _Conn, req, status: bytes, headers: bytes, body: bytes):
+        """Answer ``req``, a request Gunicorn's parser accepted, with the app's constant liveness answer."""
         metrics.REQUESTS.labels(LIVENESS.decode(), status.split(b" ", 1)[0].decode()).inc()
-        close = scan.closes or not self.alive
-        version = scan.version if scan.version in (b"HTTP/1.0", b"HTTP/1.1") else b"HTTP/1.1"
-        head = b"%s %s\r\nServer: %s\r\nDate: %s\r\nConnection: %s\r\n%sContent-Length: %d\r\n\r\n" % (
-            version, status, SERVER.encode(), util.http_date().encode(), b"close" if close else b"keep-alive",
+        close = req.should_close() or not self.alive
+        head = b"HTTP/%d.%d %s\r\nServer: %s\r\nDate: %s\r\nConnection: %s\r\n%sContent-Length: %d\r\n\r\n" % (
+            *req.version, status, SERVER.encode(), http_date().encode(), b"close" if close else b"keep-alive",
             headers, len(body))
-        if self._send(conn, head + (b"" if scan.method == b"HEAD" else body)) and not close:
+        if self._send(conn, head + (b"" if req.method == "HEAD" else body)) and not close:
             self._wait_for_request(conn, conn.rest)
         else:
             self._linger(conn)
@@ -237,10 +282,9 @@ class BufferingWorker(ThreadWorker):
         except OSError:  # the thread closed the socket itself
             keep = False
         # Bytes Gunicorn left unread mean it framed the request otherwise than we did: do not guess.
-        unreader = conn.parser.unreader
-        unread = unreader.buf.getvalue() or next(unreader.iter or iter(()), b"")
+        keep = keep and not conn.scanner.truncated and not conn.parser.unreader.read()
         conn.parser = None  # it holds the request's bytes, which no longer count against the budget
-        if keep and not conn.scanner.truncated and not unread:
+        if keep:
             self._wait_for_request(conn, conn.rest)
         else:
             self._linger(conn)
@@ -248,7 +292,25 @@ class BufferingWorker(ThreadWorker):
     def handle_request(self, req, conn):
         # The event loop read the whole body, sending any 100 Continue itself.
         req._expected_100_continue = False
+        if isinstance(req.body.reader, ChunkedReader):
+            # Decoded before the app runs: a framing error Gunicorn finds (a bad chunk size or extension, a
+            # missing CRLF) is then refused with 400 by handle_error, not raised inside the app as a 500.
+            req.body = io.BytesIO(req.body.read())
         return super().handle_request(req, conn)
+
+    def handle_error(self, req, client, addr, exc):
+        """Answer what Gunicorn refused with its status, in the envelope; log the reason, never the request."""
+        conn = getattr(self._in_thread, "conn", None)
+        if conn is None or conn.sock is not client:
+            super().handle_error(req, client, addr, exc)  # not a request of ours
+            return
+        status, reason = refusal(exc)
+        if status >= 500:
+            self.log.exception("error handling a request to %s", (conn.scanner.path or b"?").decode("latin-1"))
+        else:
+            # Gunicorn's own warning copies the request line or header it refused: secrets included.
+            self.log.warning("refused a request from %s: %s (%d)", _peer(addr), reason, status)
+        self._refuse(conn, ApiError(status, reason))
 
     def wait_for_and_dispatch_events(self, timeout):
         super().wait_for_and_dispatch_events(min(timeout, _TICK))
@@ -304,8 +366,7 @@ class BufferingWorker(ThreadWorker):
                     metrics.CONNECTIONS_DROPPED.labels("evicted").inc()
                     self._close(conn)  # nothing to answer
                 else:
-                    self._drop(conn, "evicted", 503, "the server is full; retry shortly",
-                               b"Retry-After: 1\r\n", linger=False)
+                    self._drop(conn, "evicted", 503, "the server is full; retry shortly", _RETRY, linger=False)
                 return True
         return False
 
@@ -313,8 +374,7 @@ class BufferingWorker(ThreadWorker):
         """Count body bytes against the buffer budget, dropping the stalest arriving bodies to make room."""
         while self.buffered + nbytes > self.settings.max_buffered_bytes:
             if not self._evict_stalest(holding_body=True, sparing=conn):
-                self._drop(conn, "evicted", 503, "the server is full; retry shortly", b"Retry-After: 1\r\n",
-                           linger=False)
+                self._drop(conn, "evicted", 503, "the server is full; retry shortly", _RETRY, linger=False)
                 return False
         self.buffered += nbytes
         conn.reserved += nbytes
@@ -326,7 +386,7 @@ class BufferingWorker(ThreadWorker):
 
     # --- closing -----------------------------------------------------------
 
-    def _drop(self, conn: _Conn, reason: str, status: int, message: str, headers: bytes = b"",
+    def _drop(self, conn: _Conn, reason: str, status: int, message: str, headers: dict | None = None,
               linger: bool = True):
         """Close a connection whose request has not all arrived: count it, log it once, answer it."""
         metrics.CONNECTIONS_DROPPED.labels(reason).inc()
@@ -334,11 +394,27 @@ class BufferingWorker(ThreadWorker):
         self.log.warning("closed connection from %s: %s (%d of its bytes received, %s stage)",
                          _peer(conn.client), message, len(scan.buf),
                          "head" if scan.head_end is None else "body")
-        self._send(conn, _error(status, message, headers))
+        self._refuse(conn, ApiError(status, message, headers=headers))
         if linger:
             self._linger(conn)
         else:
             self._close(conn)
+
+    def _refuse(self, conn: _Conn, error: ApiError):
+        """Write ``error`` as the answer to ``conn``'s request, and its one access line (event loop or thread)."""
+        answer = _error_answer(error)
+        sent = len(answer) if self._send(conn, answer) else 0
+        scan = conn.scanner
+        method, path, protocol = (part.decode("latin-1") for part in (scan.method, scan.path, scan.version))
+        host, port = conn.client[:2] if isinstance(conn.client, tuple) else ("", "")  # IPv6: 4 items
+        # What Gunicorn's loggers read of a request, its answer and its environ (no query: it is never logged).
+        environ = {"REQUEST_METHOD": method, "RAW_URI": path, "PATH_INFO": path, "QUERY_STRING": "",
+                   "SERVER_PROTOCOL": protocol, "REMOTE_ADDR": str(host), "REMOTE_PORT": str(port)}
+        resp = SimpleNamespace(status=f"{error.status} {HTTPStatus(error.status).phrase}", status_code=error.status,
+                               headers=[], sent=sent)
+        request = SimpleNamespace(method=method, path=path, query="", headers=[])
+        took = time.monotonic() - (conn.head_started or time.monotonic())
+        self.log.access(resp, request, environ, timedelta(seconds=took))
 
     def _send(self, conn: _Conn, data: bytes) -> bool:
         try:

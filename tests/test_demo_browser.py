@@ -77,10 +77,6 @@ def data_uri(path: Path) -> str:
     return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def has_route(app, rule: str) -> bool:
-    return any(r.rule == rule for r in app.url_map.iter_rules())
-
-
 def wait_for(driver, condition, what: str):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -194,13 +190,13 @@ def test_the_heatmap_shows_the_apis_cosines_and_each_failed_images_error(browser
     assert [e["index"] for e in errors] == [3] and errors[0]["code"] == "blocked_url"
     assert shown["rows"][3]["error"] == {"code": "blocked_url", "text": f"blocked_url: {errors[0]['message']}"}
 
-    # Without /classify in this build the bars give way to a note; the table does not depend on them.
-    if not has_route(live.app, "/classify"):
-        assert "does not offer" in wait_for_labels(browser)
-
+    wait_for_labels(browser)
     assert csp_violations(browser) == []
-    assert off_origin(requested_urls(browser), live.origin) == []
+    # Nothing from another origin but the images whose addresses were typed, which the browser shows.
+    assert set(off_origin(requested_urls(browser), live.origin)) <= {good_url, BLOCKED_URL}
 
+    wait_for(browser, lambda d: d.execute_script("return [...document.images].every((img) => img.complete)"),
+             "the thumbnails to load")
     element(browser, "h1").click()  # the pointer off the button, so the pictures show no hover state
     for width in (1280, 390):
         save_full_page(browser, width, screenshot_paths(tmp_path, f"demo-{width}.png"))
@@ -209,6 +205,53 @@ def test_the_heatmap_shows_the_apis_cosines_and_each_failed_images_error(browser
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, f"the page is {overflow}px wider than a {width}px screen"
     set_viewport(browser, 1280, 900)
+
+
+THUMBNAILS = """
+    return [...document.querySelectorAll(arguments[0])].map((thumb) => thumb.tagName === "IMG"
+      ? {src: thumb.src.startsWith("blob:") ? "blob:" : thumb.src, loaded: thumb.complete && thumb.naturalWidth > 0}
+      : {tile: thumb.textContent});
+"""
+
+
+def thumbnails(driver, where: str) -> list[dict]:
+    """Each thumbnail under ``where``: an image (its address, whether it loaded) or the placeholder tile."""
+    return driver.execute_script(THUMBNAILS, f"{where} .thumb")
+
+
+def test_every_image_shows_its_thumbnail_and_an_address_that_will_not_load_keeps_the_tile(browser, live):
+    open_demo(browser, live)
+    good_url, missing_url = live.images.url("/camera.png"), live.images.url("/missing.png")
+    fill_in(browser, TEXTS, PHOTOS[:1], [good_url, missing_url, BLOCKED_URL])
+    element(browser, "#compare").click()
+    wait_until_compared(browser)
+    wait_for_labels(browser)
+    # The browser loads the addresses itself, from the loopback image host: the one there shows,
+    # the missing one (404) and the refused one keep today's "URL" tile.
+    expected = [{"src": "blob:", "loaded": True}, {"src": good_url, "loaded": True}, {"tile": "URL"}, {"tile": "URL"}]
+    for where in ("#image-list li", "#heatmap tbody th", "#label-cards figcaption"):
+        wait_for(browser, lambda d: thumbnails(d, where) == expected, f"the thumbnails in {where}: {expected}")
+    assert csp_violations(browser) == []
+    assert browser.execute_script(
+        "return document.querySelector('#heatmap tbody th img[src^=\"http\"]').naturalWidth") == 512
+
+
+def test_the_docs_page_keeps_images_from_elsewhere_out(browser, live):
+    # /docs keeps the strict policy: the same image the demo shows is refused there.
+    good_url = live.images.url("/camera.png")
+    for path, allowed in (("/demo", True), ("/docs", False)):
+        browser.get(live.url(path))
+        wait_for(browser, lambda d: d.execute_script("return document.readyState") == "complete", f"{path} to load")
+        loaded = browser.execute_async_script("""
+            const [url, done] = arguments;
+            const img = new Image();
+            img.onload = () => done(img.naturalWidth > 0);
+            img.onerror = () => done(false);
+            img.src = url;
+        """, good_url)
+        assert loaded is allowed, path
+        blocked = [v for v in csp_violations(browser) if v.startswith("img-src")]
+        assert blocked == ([] if allowed else [f"img-src blocked {good_url}"]), path
 
 
 def test_images_can_be_dropped_and_pasted(browser, live):
@@ -248,9 +291,6 @@ def test_images_can_be_dropped_and_pasted(browser, live):
 
 
 def test_the_label_bars_show_classifys_scores(browser, live, tmp_path):
-    if not has_route(live.app, "/classify"):
-        pytest.skip("POST /classify is not in this build yet, so there are no bars to check: this test starts "
-                    "checking them once the route exists (the page's note without it is tested here too)")
     open_demo(browser, live)
     fill_in(browser, TEXTS, PHOTOS, [BLOCKED_URL])
     element(browser, "#compare").click()

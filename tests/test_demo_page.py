@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clip_service.web import docs
-from clip_service.web.csp import POLICY
+from clip_service.web.csp import DEMO_POLICY, POLICY
 
 WEB = Path(docs.__file__).parent
 DEMO_FILES = sorted((WEB / "static" / "demo").iterdir())
@@ -66,6 +66,7 @@ def test_the_root_redirects_to_the_demo(client):
     response = client.get("/")
     assert response.status_code == 302
     assert response.headers["Location"] == "/demo"
+    assert response.headers["Content-Security-Policy"] == POLICY
 
 
 def test_the_policy_allows_nothing_inline_and_nothing_from_elsewhere():
@@ -79,24 +80,30 @@ def test_the_policy_allows_nothing_inline_and_nothing_from_elsewhere():
     assert "unsafe" not in POLICY and "*" not in POLICY and "http" not in POLICY
 
 
-@pytest.mark.parametrize("path, content_type", [
-    ("/demo", "text/html"),
-    ("/demo/static/demo.css", "text/css"),
-    ("/demo/static/demo.js", JS),
-    ("/demo/static/api.js", JS),
-    ("/demo/static/images.js", JS),
-    ("/demo/static/results.js", JS),
-    ("/docs", "text/html"),
-    ("/docs/static/docs.css", "text/css"),
-    ("/docs/static/swagger-init.js", JS),
-    ("/docs/swagger-ui/swagger-ui-bundle.js", JS),
-    ("/docs/swagger-ui/swagger-ui.css", "text/css"),
+def test_the_demo_pages_policy_differs_only_in_showing_images_from_any_web_address():
+    demo, strict = directives(DEMO_POLICY), directives(POLICY)
+    assert demo["img-src"] == strict["img-src"] + ["http:", "https:"]
+    assert {k: v for k, v in demo.items() if k != "img-src"} == {k: v for k, v in strict.items() if k != "img-src"}
+
+
+@pytest.mark.parametrize("path, content_type, policy", [
+    ("/demo", "text/html", DEMO_POLICY),  # the one page that shows images from the addresses typed in it
+    ("/demo/static/demo.css", "text/css", POLICY),
+    ("/demo/static/demo.js", JS, POLICY),
+    ("/demo/static/api.js", JS, POLICY),
+    ("/demo/static/images.js", JS, POLICY),
+    ("/demo/static/results.js", JS, POLICY),
+    ("/docs", "text/html", POLICY),
+    ("/docs/static/docs.css", "text/css", POLICY),
+    ("/docs/static/swagger-init.js", JS, POLICY),
+    ("/docs/swagger-ui/swagger-ui-bundle.js", JS, POLICY),
+    ("/docs/swagger-ui/swagger-ui.css", "text/css", POLICY),
 ])
-def test_pages_and_their_files_come_with_their_type_and_the_policy(client, path, content_type):
+def test_pages_and_their_files_come_with_their_type_and_the_policy(client, path, content_type, policy):
     response = client.get(path)
     assert response.status_code == 200
     assert response.mimetype in (content_type if isinstance(content_type, tuple) else (content_type,))
-    assert response.headers["Content-Security-Policy"] == POLICY
+    assert response.headers["Content-Security-Policy"] == policy
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Referrer-Policy"] == "no-referrer"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, redirect, url_for
 
-from .csp import protect
+from .csp import protect, showing_remote_images
 
 bp = protect(Blueprint("demo", __name__, static_folder="static/demo", static_url_path="/demo/static"))
 
@@ -23,4 +23,4 @@ def root():
 @bp.get("/demo")
 def page():
     """Serve the demo page."""
-    return bp.send_static_file("index.html")
+    return showing_remote_images(bp.send_static_file("index.html"))

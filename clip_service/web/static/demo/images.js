@@ -1,9 +1,10 @@
 // The images to compare: added by address, file picker, drag and drop or paste.
 //
 // A file never leaves the browser except inside the API call, as a data: URI
-// (the same bytes, base64). An address is shown as a tile, not loaded by the
-// page: the page loads nothing from another origin, and the service decides
-// which addresses it fetches.
+// (the same bytes, base64). An http(s) address is sent as it is, and the service
+// decides whether it fetches it; to show a thumbnail the browser loads the image
+// itself from there (the page's policy allows images from anywhere, and nothing
+// else). An image that does not load keeps a tile saying "URL".
 
 let nextId = 1;
 
@@ -22,8 +23,9 @@ class ImageItem {
       this.thumbnail = url;
     } else {
       this.name = shortName(url);
-      this.thumbnail = null;
+      this.thumbnail = isWebAddress(url) ? url : null;
     }
+    this.thumbnailFailed = false;  // set once its image would not load: later renders show the tile at once
     this._source = null;
   }
 
@@ -54,20 +56,37 @@ export function shortName(url) {
   }
 }
 
+/** Whether `url` is an absolute http or https address. */
+function isWebAddress(url) {
+  try {
+    return ["http:", "https:"].includes(new URL(url).protocol);
+  } catch {
+    return false;
+  }
+}
+
 /** Whether `text` looks like an image address the service may take. */
 export function isImageAddress(text) {
   return /^https?:\/\/\S+$/i.test(text) || /^data:image\/[\w.+-]+;base64,/i.test(text);
 }
 
-/** The small square picture for `item`: its thumbnail, or a tile naming the address's host. */
+/** The small square picture for `item`: its image, or a tile saying "URL" for an address that will not load. */
 export function thumbnail(item, size = "small") {
-  if (item.thumbnail) {
-    const img = document.createElement("img");
-    img.className = `thumb thumb-${size}`;
-    img.src = item.thumbnail;
-    img.alt = "";  // the name next to it says which image this is
-    return img;
+  if (!item.thumbnail || item.thumbnailFailed) return urlTile(size);
+  const img = document.createElement("img");
+  img.className = `thumb thumb-${size}`;
+  img.alt = "";  // the name next to it says which image this is
+  if (!item.file) {
+    img.addEventListener("error", () => {
+      item.thumbnailFailed = true;
+      img.replaceWith(urlTile(size));
+    }, { once: true });
   }
+  img.src = item.thumbnail;
+  return img;
+}
+
+function urlTile(size) {
   const tile = document.createElement("span");
   tile.className = `thumb thumb-${size} thumb-url`;
   tile.setAttribute("aria-hidden", "true");

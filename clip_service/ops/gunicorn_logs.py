@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import logging
-import re
-from urllib.parse import unquote_plus
 
 from gunicorn import glogging
 
-from .logs import CloudLoggingFormatter, gcp_project
+from .logs import CloudLoggingFormatter, gcp_project, redact_query
 from .request_context import TRACE_KEY, parse_trace
 
-# Query parameters whose values are never logged: a client that puts its API key
-# in the URL must not see it copied into the logs as well.
-_SECRET_NAME = re.compile(r"key|token|secret|passw|auth|sig", re.IGNORECASE)
 
-
-def redact_query(query: str) -> str:
-    """``query`` with the values of credential-like parameters replaced by ``REDACTED``."""
-    parts = []
-    for part in query.split("&"):
-        name, sep, _ = part.partition("=")
-        parts.append(f"{name}=REDACTED" if sep and _SECRET_NAME.search(unquote_plus(name)) else part)
-    return "&".join(parts)
+def status_code(resp) -> int | None:
+    """``resp``'s status: Gunicorn's own error answers set ``status`` ("400 Bad Request") but no ``status_code``."""
+    code = getattr(resp, "status_code", None)
+    if code is None:
+        head = str(resp.status or "").split(None, 1)
+        code = int(head[0]) if head and head[0].isdigit() else None
+    return code
 
 
 class JsonGunicornLogger(glogging.Logger):
@@ -39,12 +33,21 @@ class JsonGunicornLogger(glogging.Logger):
     def access(self, resp, req, environ, request_time):
         if not self.access_log_enabled:
             return
+        try:
+            self._access(resp, req, environ, request_time)
+        except Exception:
+            # Never raise: Gunicorn logs its error answers before writing them, and would then write none.
+            self.exception("access log failed")
+
+    def _access(self, resp, req, environ, request_time):
         headers = {name.lower(): value for name, value in (resp.headers or [])}
+        status = status_code(resp)
+        # The path and the query's parameter names: a client may send its key in any parameter.
         query = f"?{redact_query(req.query)}" if req.query else ""
         extra = {"httpRequest": {
             "requestMethod": req.method,
             "requestUrl": req.path + query,
-            "status": resp.status_code,
+            "status": status,
             "responseSize": str(getattr(resp, "sent", 0) or 0),
             "userAgent": environ.get("HTTP_USER_AGENT", ""),
             "remoteIp": environ.get("REMOTE_ADDR", ""),
@@ -57,7 +60,6 @@ class JsonGunicornLogger(glogging.Logger):
         trace, span = parse_trace(environ.get("HTTP_X_CLOUD_TRACE_CONTEXT"), gcp_project())
         if trace:
             extra[TRACE_KEY] = trace
-        try:
-            self.access_log.log(logging.INFO, "%s %s %s", req.method, req.path, resp.status_code, extra=extra)
-        except Exception:
-            self.exception("access log failed")
+        # "400" alone for a request refused before its method and path could be read
+        message = " ".join(str(part) for part in (req.method, req.path, status) if part)
+        self.access_log.log(logging.INFO, message, extra=extra)

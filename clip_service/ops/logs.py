@@ -3,12 +3,17 @@
 Cloud Logging reads ``severity``, ``message``, ``time``,
 ``logging.googleapis.com/trace`` and ``httpRequest`` from each line of stdout;
 everything else lands in ``jsonPayload``.
+
+No line carries a value of a URL's query: a client may send its API key in
+any parameter (``?k=``, ``?Bearer=``) or as the whole query (``?<key>``), and
+Gunicorn's own messages copy the request lines they refuse.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from datetime import datetime, timezone
 
@@ -16,9 +21,26 @@ from pythonjsonlogger.json import JsonFormatter
 
 from .request_context import current_log_fields
 
+# A query in free text (a request line, a URL in an error message): up to a space, a quote or a bracket.
+_QUERY_IN_TEXT = re.compile(r"\?([^\s'\"`<>]+)")
+
+
+def redact_query(query: str) -> str:
+    """``query`` with every value replaced by ``REDACTED``: parameter names only (a part with no ``=`` is a value)."""
+    parts = []
+    for part in query.split("&"):
+        name, sep, _ = part.partition("=")
+        parts.append(f"{name}=REDACTED" if sep else "REDACTED" if part else "")
+    return "&".join(parts)
+
+
+def scrub_queries(text: str) -> str:
+    """``text`` with each URL query in it reduced to its parameter names (``redact_query``)."""
+    return _QUERY_IN_TEXT.sub(lambda match: "?" + redact_query(match.group(1)), text)
+
 
 class CloudLoggingFormatter(JsonFormatter):
-    """JSON lines with Cloud Logging's field names (request id and trace come from the record)."""
+    """JSON lines with Cloud Logging's field names (request id and trace come from the record), no query values."""
 
     def __init__(self):
         super().__init__("%(message)s %(levelname)s %(name)s",
@@ -30,6 +52,10 @@ class CloudLoggingFormatter(JsonFormatter):
         log_record["pid"] = record.process
         if log_record.get("severity") == "WARN":
             log_record["severity"] = "WARNING"
+        # Whatever wrote the message (Gunicorn's own refusals copy the request line), no query value leaves.
+        for key in ("message", "exc_info", "stack_info"):
+            if isinstance(log_record.get(key), str):
+                log_record[key] = scrub_queries(log_record[key])
 
 
 def install_request_fields() -> None:

@@ -99,6 +99,8 @@ class JsonBodyParser(FlaskParser):
                 and req.environ["wsgi.input"].read(1):
             # A streamed (chunked) body: Werkzeug's LimitedStream.readall stops at
             # the limit without saying there was more, so look for one byte past it.
+            # (The service's worker answers these 413 itself; Gunicorn's own gthread
+            # worker and other servers hand them to the app.)
             raise RequestEntityTooLarge()
         try:
             return loads_body(data)

@@ -60,7 +60,14 @@ class RedisTier:
         return self._clock() >= self._skip_until
 
     def get_many(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
-        """The vector for each key, or None (also for every key when Redis fails or is being skipped)."""
+        """The vector for each key, or None (absent, of another length, or Redis failing or being skipped)."""
+        return [v if v is not None and len(v) == self.dimensions else None for v in self.read_many(keys)]
+
+    def read_many(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
+        """What Redis holds for each key as float32 values of any length, for the caller to judge; None when absent.
+
+        Redis is shared and writable by anyone who can reach it: its values are not trusted here.
+        """
         if not keys or not self.available:
             return [None] * len(keys)
         try:
@@ -69,8 +76,8 @@ class RedisTier:
             self._failed(exc)
             return [None] * len(keys)
         self._succeeded()
-        expected = self.dimensions * 4
-        return [np.frombuffer(v, dtype="<f4").copy() if v is not None and len(v) == expected else None
+        # Bytes that are not whole floats read as no floats at all: of the wrong length, whatever the caller expects.
+        return [None if v is None else np.frombuffer(v if len(v) % 4 == 0 else b"", dtype="<f4").copy()
                 for v in values]
 
     def put_many(self, items: Sequence[tuple[bytes, np.ndarray]]) -> None:

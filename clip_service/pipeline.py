@@ -11,6 +11,7 @@ the result, never an exception.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO, Callable, Iterable, Sequence
@@ -30,6 +31,9 @@ from .zeroshot import Templates, best_first, ensemble, softmax
 
 # What /rank may order candidates by.
 RANK_SCORES = ("cosine", "softmax")
+# Labels whose prompts' token digests same_labels keeps, so a label set sent again is not tokenized
+# again: twenty sets of 1,000 labels, a few MB (each entry holds its label).
+LABEL_DIGESTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,9 @@ class EmbeddingPipeline:
         # Ensembled label vectors by (model, templates, label): the same labels sent
         # with every image cost one pass through the text tower.
         self.label_cache = LruCache(label_cache_bytes)
+        # A digest of each label's prompts' token ids, by (templates, label), for same_labels:
+        # at most LABEL_DIGESTS of them, so a label set sent again costs no tokenizing.
+        self.label_digests = LruCache(LABEL_DIGESTS, size_of=lambda _: 1)
         # Called as on_embedded(modality, count) and on_failures(codes) after each
         # call; the web layer hangs its metrics and request log here.
         self.on_embedded: Callable[[str, int], None] | None = None
@@ -233,6 +240,31 @@ class EmbeddingPipeline:
             for i, vector in zip(missing, fresh):
                 found[i] = vector
         return np.stack(found) if found else np.zeros((0, self.embedder.dimensions), dtype=np.float32)
+
+    def same_labels(self, labels: Sequence[str], templates: Templates) -> dict[int, int]:
+        """Labels the model cannot tell apart: each one's position -> the first label it equals.
+
+        Two labels are equal when every prompt of theirs has the same token ids:
+        the tokenizer mends text (ftfy, NFC), lowercases, folds whitespace and
+        reads at most the context, so "Cat" and "cat", "cat " and "cat", or
+        café in NFC and NFD would get the same vector, and each half the score.
+        """
+        keys = [(templates.key, label) for label in labels]
+        digests = self.label_digests.get_many(keys)
+        missing = [i for i, digest in enumerate(digests) if digest is None]
+        if missing:
+            tokens = self.embedder.tokenize(templates.texts([labels[i] for i in missing])).numpy()
+            rows = tokens.reshape(len(missing), -1)  # one row per label: its prompts' tokens end to end
+            fresh = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+            self.label_digests.put_many(zip([keys[i] for i in missing], fresh))
+            for i, digest in zip(missing, fresh):
+                digests[i] = digest
+        first: dict[bytes, int] = {}  # each digest's first position
+        same = {}
+        for i, digest in enumerate(digests):
+            if (j := first.setdefault(digest, i)) != i:
+                same[i] = j
+        return same
 
     def classify(self, sources: Sequence[ImageSource], labels: Sequence[str], templates: Templates) -> Classification:
         """Score each image against ``labels``, best first; the labels are embedded while the images download."""

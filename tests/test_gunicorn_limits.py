@@ -71,6 +71,7 @@ def test_a_chunked_body_under_the_limit_is_served(server):
     (b'{"texts": ["caf\xe9"]}', "application/json", 400),
     (b'{"texts": ["a"]}', "text/plain", 415),
     (b'{"texts": "a cat"}', "application/json", 422),
+    (b'{"texts": ["\\ud800"]}', "application/json", 422),  # a lone surrogate is not text
 ])
 def test_hostile_bodies_get_their_4xx(server, data, content_type, status):
     response = requests.post(server.base + "/embed/text", data=data,
@@ -82,7 +83,7 @@ def test_hostile_bodies_get_their_4xx(server, data, content_type, status):
 @pytest.mark.timeout(180)
 def test_hostile_texts_embed_without_wedging_the_worker(server):
     word = "".join(random.Random(0).choices(string.ascii_lowercase, k=100_000))
-    texts = [word, "\ud800", "", "😀" * 500, "a\x00b"]
+    texts = [word, "", "😀" * 500, "a\x00b"]
     response = requests.post(server.base + "/embed/text", data=json.dumps({"texts": texts}),
                              headers={"Content-Type": "application/json"}, timeout=30)
     assert response.status_code == 200

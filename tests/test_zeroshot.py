@@ -161,6 +161,46 @@ def test_the_label_limit_counts_templates_too(small_limits_client):
     assert "CLIP_MAX_LABEL_TEXTS" in str(response.get_json()["errors"])
 
 
+@pytest.mark.parametrize("labels, template, same", [
+    (["Cat", "cat"], None, {1: 0}),
+    (["cat", "cat "], None, {1: 0}),
+    (["caf\u00e9", "cafe\u0301"], None, {1: 0}),  # NFC and NFD
+    (["a dog", "CAT", "a  Dog", "cat\t"], "openai_imagenet", {2: 0, 3: 1}),
+])
+def test_labels_the_tokenizer_reads_alike_are_422_naming_both(client, labels, template, same):
+    # They would get one vector, and each exactly half the score.
+    parameters = {"candidate_labels": labels, **({"hypothesis_template": template} if template else {})}
+    response = client.post("/classify", json={"inputs": GOOD_IMAGE, "parameters": parameters})
+    assert response.status_code == 422, response.get_data(as_text=True)
+    errors = response.get_json()["errors"]["parameters"]["candidate_labels"]
+    assert {int(i): message for i, message in errors.items()} == {
+        i: [f"The same label as candidate_labels[{j}] to the model, whose tokenizer ignores case, spacing and "
+            "Unicode form; send each label once."] for i, j in same.items()}
+
+
+@pytest.mark.parametrize("labels, template", [
+    (["cat", "cats"], None),
+    (["cat", "cat "], "{}s"),  # "cats" and "cat s": two prompts the model reads apart
+])
+def test_labels_the_tokenizer_reads_apart_are_scored(client, labels, template):
+    parameters = {"candidate_labels": labels, **({"hypothesis_template": template} if template else {})}
+    response = client.post("/classify", json={"inputs": GOOD_IMAGE, "parameters": parameters})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert sorted(entry["label"] for entry in response.get_json()) == sorted(labels)
+
+
+def test_a_label_set_sent_again_is_not_tokenized_again(tiny_embedder, monkeypatch):
+    from clip_service.zeroshot import Templates
+
+    pipeline = create_app({"TESTING": True}, embedder=tiny_embedder).extensions["clip_pipeline"]
+    templates = Templates.from_spec(["a photo of {}.", "a drawing of {}."])
+    tokenize, tokenized = tiny_embedder.tokenize, []
+    monkeypatch.setattr(tiny_embedder, "tokenize", lambda texts: tokenized.append(len(texts)) or tokenize(texts))
+    assert pipeline.same_labels(["Cat", "dog", "cat "], templates) == {2: 0}
+    assert pipeline.same_labels(["dog", "cat ", "bird"], templates) == {}
+    assert tokenized == [6, 2]  # the second time, only "bird"'s two prompts
+
+
 # --- /rank ---------------------------------------------------------------------------------------
 
 def _reference_vectors(reference_model, photos, names, texts):

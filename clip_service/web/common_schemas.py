@@ -9,6 +9,8 @@ vectors with orjson directly, since marshmallow would walk every float.
 
 from __future__ import annotations
 
+import re
+
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load
 
 from ..images.sources import is_data_uri
@@ -59,17 +61,14 @@ class LimitedString(fields.String):
 
 
 class UrlString(LimitedString):
-    """A URL string; one holding a lone surrogate cannot be a URL (and could not be echoed back as UTF-8)."""
+    """A URL string, or a ``data:`` URI (bounded by the body size instead)."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, str) and is_data_uri(value):
             # The image itself, bounded by the body limit and CLIP_FETCH_MAX_BYTES, not by
             # max_url_chars; its header is echoed only when printable ASCII (image_sources.describe).
             return fields.String._deserialize(self, value, attr, data, **kwargs)
-        url = super()._deserialize(value, attr, data, **kwargs)
-        if any("\ud800" <= ch <= "\udfff" for ch in url):
-            raise ValidationError("Not a valid URL: it holds a lone surrogate.")
-        return url
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class ImageInput(UrlString):
@@ -95,7 +94,48 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
-class RequestSchema(Schema):
+# One half of a UTF-16 surrogate pair, alone: JSON's "\ud800" escape spells one and Python reads it,
+# but it is not text, and UTF-8 (orjson writing an answer that echoes it) cannot encode it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_TEXT = "Not valid text: it holds a lone surrogate (an unpaired \\ud800 to \\udfff escape)."
+
+
+def _not_text(value) -> bool:
+    # isascii() is a flag lookup: URLs and base64 images are never scanned.
+    return isinstance(value, str) and not value.isascii() and _LONE_SURROGATE.search(value) is not None
+
+
+class BodySchema(Schema):
+    """A JSON request body (every family's): a lone surrogate in a field's string, or in a name, is refused.
+
+    Refused when the body is loaded, naming the field, so it costs no model
+    work; otherwise an answer that echoes the text (a label, a document) is a
+    500 once the model has run. Each schema looks at its own fields (a nested
+    schema at its own), so only the names the endpoint knows are named.
+    """
+
+    @pre_load
+    def _text_only(self, data, **kwargs):
+        if not isinstance(data, dict):
+            return data
+        if any(_not_text(name) for name in data):
+            # No field has such a name; it is not echoed.
+            raise ValidationError("A field name is not valid text: it holds a lone surrogate.", field_name="_schema")
+        errors: dict = {}
+        for name, field in self.load_fields.items():
+            key = field.data_key or name
+            value = data.get(key)
+            if _not_text(value):
+                errors[key] = [_NOT_TEXT]
+            elif isinstance(value, list) and (items := {i: [_NOT_TEXT] for i, item in enumerate(value)
+                                                        if _not_text(item)}):
+                errors[key] = items
+        if errors:
+            raise ValidationError(errors)
+        return data
+
+
+class RequestSchema(BodySchema):
     """A request body: unknown fields are refused, naming the fields the endpoint accepts."""
 
     class Meta:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, post_load
 
-from ..common_schemas import LimitedList, LimitedString
+from ..common_schemas import BodySchema, LimitedList, LimitedString
 
 
-class VectorizeRequestSchema(Schema):
+class VectorizeRequestSchema(BodySchema):
     """Weaviate's ``vecRequest``: either list may be absent (1.26 and later) or null (before)."""
 
     class Meta:

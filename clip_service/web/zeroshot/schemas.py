@@ -15,6 +15,7 @@ from ..common_schemas import (
     RequestSchema,
     StrictBoolean,
 )
+from ..current import pipeline as _pipeline
 from ..current import settings as _settings
 
 
@@ -60,7 +61,8 @@ def _labels(**kwargs):
 class ClassifyParametersSchema(RequestSchema):
     candidate_labels = _labels(required=True, validate=validate.Length(min=1, error="Send at least one label."),
                                metadata={"description": "The labels to choose from; each must be distinct "
-                                                        "and not blank."})
+                                                        "as the tokenizer reads it (case, spacing and "
+                                                        "Unicode form aside) and not blank."})
     hypothesis_template = TemplatesField(
         load_default=lambda: Templates.from_spec(DEFAULT_TEMPLATE),
         metadata={"description": f"A prompt with {{}} where the label goes (default {DEFAULT_TEMPLATE!r}); a list "
@@ -72,20 +74,21 @@ class ClassifyParametersSchema(RequestSchema):
     @validates_schema
     def _labels_are_usable(self, data, **_):
         labels = data.get("candidate_labels") or []
-        errors, first_seen = {}, {}
-        for i, label in enumerate(labels):
-            if not label.strip():
-                errors[i] = ["A label may not be blank."]
-            elif label in first_seen:
-                errors[i] = [f"The same label as candidate_labels[{first_seen[label]}]; send each label once."]
-            first_seen.setdefault(label, i)
-        if errors:
-            raise ValidationError(errors, field_name="candidate_labels")
+        blank = {i: ["A label may not be blank."] for i, label in enumerate(labels) if not label.strip()}
+        if blank:
+            raise ValidationError(blank, field_name="candidate_labels")
         templates = data.get("hypothesis_template")
         limit = _settings().max_label_texts
         if templates is not None and len(labels) * len(templates) > limit:
             raise ValidationError(f"{len(labels)} labels x {len(templates)} templates is more than "
                                   f"{limit} prompts per request (CLIP_MAX_LABEL_TEXTS).", field_name="_schema")
+        # Compared as the model reads them (after the prompt count is known to be bounded): labels the
+        # tokenizer makes equal ("Cat" and "cat ") would get one vector and half the score each.
+        same = _pipeline().same_labels(labels, templates) if templates is not None else {}
+        if same:
+            raise ValidationError({i: [f"The same label as candidate_labels[{j}] to the model, whose tokenizer "
+                                       "ignores case, spacing and Unicode form; send each label once."]
+                                   for i, j in same.items()}, field_name="candidate_labels")
 
 
 class ClassifyRequestSchema(RequestSchema):

@@ -48,7 +48,7 @@ from clip_service.ops.prefetch import prefetch  # noqa: E402
 return_large_blocks_to_the_os()
 
 # Cold start: the disk reads the weights while torch and the app are imported.
-prefetch(settings.pretrained)
+prefetch(settings.model.pretrained)
 
 import torch  # noqa: E402
 from gunicorn.arbiter import Arbiter  # noqa: E402
@@ -63,7 +63,7 @@ from prometheus_client import multiprocess  # noqa: E402
 # after the fork (post_fork below).
 torch.set_num_threads(1)
 
-bind = f"0.0.0.0:{settings.port}"
+bind = f"0.0.0.0:{settings.server.port}"
 # Load the model before forking so its weights are shared, not copied per worker.
 preload_app = True
 # Threads overlap image downloads with inference; processes give true parallelism.
@@ -71,24 +71,24 @@ preload_app = True
 # deadlines (CLIP_HEADER_TIMEOUT, CLIP_BODY_MIN_RATE): a slow or stalled client cannot
 # hold one, and probes are answered apart from requests (see the module's docstring).
 worker_class = "clip_service.ops.worker.BufferingWorker"
-workers = settings.workers
-threads = settings.threads
+workers = settings.server.workers
+threads = settings.server.threads
 # A flood of sockets cannot exhaust descriptors or memory: past this many per
 # worker, the stalest waiting connection is dropped (CLIP_MAX_CONNECTIONS).
-worker_connections = settings.max_connections
+worker_connections = settings.server.max_connections
 # Kill a worker silent for this long (a wedged forward pass), not a slow request's socket.
-timeout = settings.timeout
+timeout = settings.server.timeout
 # Cloud Run sends SIGKILL 10 s after SIGTERM: finish in-flight requests before that.
-graceful_timeout = settings.graceful_timeout
+graceful_timeout = settings.server.graceful_timeout
 # Recycle workers now and then so slow leaks (allocator fragmentation, caches)
 # cannot grow without bound; the jitter keeps them from restarting together.
 # A recycled worker is forked from the preloaded master: no model reload.
 # 0 turns recycling (or the jitter) off, as it does in Gunicorn.
-max_requests = settings.max_requests
-max_requests_jitter = settings.max_requests_jitter
+max_requests = settings.server.max_requests
+max_requests_jitter = settings.server.max_requests_jitter
 # Cloud Run's front end keeps connections open; a short keep-alive frees threads.
 keepalive = 5
-loglevel = settings.log_level.lower()
+loglevel = settings.server.log_level.lower()
 # Access and error logs as Cloud Logging JSON lines on stdout/stderr.
 logger_class = "clip_service.ops.gunicorn_logs.JsonGunicornLogger"
 accesslog = "-"
@@ -114,7 +114,7 @@ def pre_fork(server: Arbiter, worker: Worker) -> None:
 
 
 def post_fork(server: Arbiter, worker: Worker) -> None:
-    torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.batching.torch_threads)
 
 
 def post_worker_init(worker: Worker) -> None:

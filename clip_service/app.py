@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from .config import Settings
+from .config import SETTING_KEYS, Settings
 from .images.fetcher import ImageFetcher
 from .model.embedder import ClipEmbedder
 from .ops import observability
@@ -19,32 +19,36 @@ from .web.jsonio import OrjsonProvider
 from .web.openapi import create_api
 
 
-def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEmbedder | None = None,
-               fetcher: ImageFetcher | None = None) -> Flask:
-    """Create the service: settings from the environment, then ``test_config``; load the model.
+def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None,
+               embedder: ClipEmbedder | None = None, fetcher: ImageFetcher | None = None) -> Flask:
+    """Create the service: ``settings`` (else read from the environment), then ``test_config``; load the model.
 
-    Keys of ``test_config`` that name a ``Settings`` field override that
-    setting; the rest go to ``app.config``. Tests may pass their own
+    Keys of ``test_config`` that name a setting (``max_texts``, ``fetch_allow``)
+    override it; the rest go to ``app.config``. Tests may pass their own
     ``embedder`` or ``fetcher``; otherwise the configured weights are loaded,
     and ``ModelLoadError`` propagates so the process refuses to start.
     """
     test_config = dict(test_config or {})
-    setting_names = set(Settings.__dataclass_fields__)
-    settings = Settings.from_env(**{k: test_config.pop(k) for k in list(test_config) if k in setting_names})
+    overrides = {key: test_config.pop(key) for key in list(test_config) if key in SETTING_KEYS}
+    if settings is None:
+        settings = Settings.from_env(**overrides)
+    elif overrides:
+        settings = settings.replace(**overrides)
+        settings.validate()
 
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
-    app.config.update(CLIP=settings, MAX_CONTENT_LENGTH=settings.max_body_bytes)
+    app.config.update(CLIP=settings, MAX_CONTENT_LENGTH=settings.limits.max_body_bytes)
     app.config.update(test_config)
     if not app.testing:
-        configure_logging(settings.log_level)
+        configure_logging(settings.server.log_level)
 
     pipeline = build_pipeline(settings, embedder=embedder, fetcher=fetcher)
     embedder = pipeline.embedder
     app.extensions["clip_embedder"] = embedder
     app.extensions["clip_pipeline"] = pipeline
-    app.extensions["clip_readiness"] = Readiness(embedder, ttl=settings.ready_cache_seconds,
-                                                 timeout=settings.ready_timeout)
+    app.extensions["clip_readiness"] = Readiness(embedder, ttl=settings.server.ready_cache_seconds,
+                                                 timeout=settings.server.ready_timeout)
 
     api = create_api(app, settings)
     register_error_handlers(app)
@@ -61,7 +65,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
     # The HTML pages are not API endpoints: registered on the app, they stay out of the OpenAPI document.
     app.register_blueprint(demo.bp)
     app.register_blueprint(docs.bp)
-    if settings.weaviate:
+    if settings.access.weaviate:
         from .web.weaviate import views as weaviate
 
         weaviate.register(app, api)
@@ -73,16 +77,17 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, embedder: ClipEm
 def _require_api_keys(app: Flask, settings: Settings) -> None:
     # After observability's hook, so a refused request still gets its id and log line.
     public = {"health.health", "health.live", "health.ready"}
-    if settings.public_metrics:
+    access = settings.access
+    if access.public_metrics:
         public.add("metrics.scrape")
-    if settings.weaviate:
+    if access.weaviate:
         from .web.weaviate import views as weaviate
 
         # Probes never carry credentials; Weaviate itself cannot send a key either.
-        public |= weaviate.PROBE_ENDPOINTS | (weaviate.API_ENDPOINTS if settings.weaviate_public else set())
+        public |= weaviate.PROBE_ENDPOINTS | (weaviate.API_ENDPOINTS if access.weaviate_public else set())
     gate = ApiKeyGate(settings.api_key_list(), public_endpoints=public,
-                      public_blueprints={"api-docs", "docs", "demo"} if settings.public_docs else set(),
-                      count_by_key=not settings.public_metrics)
+                      public_blueprints={"api-docs", "docs", "demo"} if access.public_docs else set(),
+                      count_by_key=not access.public_metrics)
     app.extensions["clip_api_keys"] = gate
     app.before_request(gate.check)
     warn_if_open(gate)

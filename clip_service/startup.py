@@ -41,21 +41,32 @@ def refuse_to_start(reason: object, status: int, stream: TextIO | None = None) -
     sys.exit(status)
 
 
+# The settings this process read from os.environ, once: gunicorn.conf.py reads them in the
+# master before it imports the app, and the app (wsgi.py) takes the same object.
+_read_from_environment: Settings | None = None
+
+
 def settings_or_exit(environ: Mapping[str, str] | None = None, stream: TextIO | None = None) -> Settings:
     """The settings of ``environ`` (os.environ), or every bad one on one line and exit EXIT_BAD_SETTINGS."""
+    global _read_from_environment
+    if environ is None and _read_from_environment is not None:
+        return _read_from_environment
     try:
-        return Settings.from_env(environ)
+        settings = Settings.from_env(environ)
     except ConfigError as exc:
         refuse_to_start(exc, EXIT_BAD_SETTINGS, stream)
+    if environ is None:
+        _read_from_environment = settings
+    return settings
 
 
 def app_or_exit() -> "Flask":
-    """The app of ``create_app()``, or one line and exit EXIT_BAD_SETTINGS or EXIT_MODEL_LOAD."""
+    """The app of ``create_app()`` (with the settings already read, if any), or one line and an exit status."""
     from .app import create_app
     from .model.errors import ModelLoadError
 
     try:
-        return create_app()
+        return create_app(settings=_read_from_environment)
     except ConfigError as exc:
         refuse_to_start(exc, EXIT_BAD_SETTINGS)
     except ModelLoadError as exc:

@@ -1,6 +1,5 @@
 """Settings come from defaults, then the environment, and bad values are refused by name."""
 
-import dataclasses
 import io
 import os
 import subprocess
@@ -9,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clip_service.config import ConfigError, Settings
+from clip_service.config import SPECS, ConfigError, Settings
+from clip_service.images.limits import FetchLimits
 from clip_service.startup import EXIT_BAD_SETTINGS, settings_or_exit
 
 ROOT = Path(__file__).parent.parent
@@ -17,18 +17,33 @@ ROOT = Path(__file__).parent.parent
 
 def test_defaults_are_the_real_model():
     settings = Settings.from_env({})
-    assert settings.model_name == "ViT-B-32"
-    assert settings.pretrained == "laion400m_e32"
-    assert settings.device == "auto"
-    assert settings.port == 8080
-    assert settings.log_level == "INFO"
+    assert settings.model.name == "ViT-B-32"
+    assert settings.model.pretrained == "laion400m_e32"
+    assert settings.model.device == "auto"
+    assert settings.server.port == 8080
+    assert settings.server.log_level == "INFO"
 
 
 def test_environment_overrides_defaults():
     settings = Settings.from_env({"CLIP_MODEL": "RN50", "CLIP_PRETRAINED": "/w.pt", "PORT": "9000",
                                   "CLIP_WORKERS": "3", "CLIP_FETCH_READ_TIMEOUT": "2.5", "LOG_LEVEL": "debug"})
-    assert (settings.model_name, settings.pretrained, settings.port) == ("RN50", "/w.pt", 9000)
-    assert settings.workers == 3 and settings.fetch_read_timeout == 2.5
+    assert (settings.model.name, settings.model.pretrained, settings.server.port) == ("RN50", "/w.pt", 9000)
+    assert settings.server.workers == 3 and settings.fetch.read_timeout == 2.5
+
+
+def test_the_fetch_group_is_the_fetchers_own_limits_with_its_defaults():
+    settings = Settings.from_env({"CLIP_FETCH_USER_AGENT": "bot/2", "CLIP_MAX_URL_CHARS": "99",
+                                  "CLIP_JPEG_DRAFT": "false"})
+    assert isinstance(settings.fetch, FetchLimits)
+    assert Settings().fetch == FetchLimits()
+    assert (settings.fetch.user_agent, settings.fetch.max_url_chars, settings.fetch.jpeg_draft) == ("bot/2", 99, False)
+
+
+def test_each_default_is_written_once():
+    # The spec of each setting takes its default from its group's dataclass: no second copy to drift.
+    for spec in SPECS:
+        assert Settings().value(spec.key) == spec.default == getattr(getattr(Settings(), spec.group), spec.attr)
+    assert len({spec.env for spec in SPECS}) == len({spec.key for spec in SPECS}) == len(SPECS)
 
 
 @pytest.mark.parametrize("env, name", [
@@ -100,22 +115,21 @@ def test_a_bad_override_is_named_with_its_value():
 
 
 def test_an_override_replaces_a_bad_environment_value():
-    assert Settings.from_env({"CLIP_WORKERS": "two"}, workers=2).workers == 2
+    assert Settings.from_env({"CLIP_WORKERS": "two"}, workers=2).server.workers == 2
 
 
-NUMERIC = [f for f in dataclasses.fields(Settings)
-           if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)]
+NUMERIC = [spec for spec in SPECS if isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool)]
 # Where 0 has a meaning: none / off / never / every time (the README's table says which).
 ZERO_MEANS_SOMETHING = {"batch_window_ms", "batch_dwell_ms", "label_cache_mb", "cache_mb", "cache_ttl_seconds",
                         "fetch_max_redirects", "timeout", "graceful_timeout", "max_requests",
                         "max_requests_jitter", "ready_cache_seconds"}
 
 
-@pytest.mark.parametrize("f", NUMERIC, ids=lambda f: Settings.env_name(f))
-def test_zero_is_accepted_exactly_where_it_has_a_meaning(f):
-    name = Settings.env_name(f)
-    if f.name in ZERO_MEANS_SOMETHING:
-        assert getattr(Settings.from_env({name: "0"}), f.name) == 0
+@pytest.mark.parametrize("spec", NUMERIC, ids=lambda spec: spec.env)
+def test_zero_is_accepted_exactly_where_it_has_a_meaning(spec):
+    name = spec.env
+    if spec.key in ZERO_MEANS_SOMETHING:
+        assert Settings.from_env({name: "0"}).value(spec.key) == 0
     else:
         with pytest.raises(ConfigError, match=f"^{name}='0' is invalid"):
             Settings.from_env({name: "0"})
@@ -126,8 +140,8 @@ def test_zero_is_accepted_exactly_where_it_has_a_meaning(f):
 def test_the_zeros_gunicorn_knows_reach_it_unchanged():
     settings = Settings.from_env({"CLIP_MAX_REQUESTS": "0", "CLIP_MAX_REQUESTS_JITTER": "0", "CLIP_TIMEOUT": "0",
                                   "CLIP_GRACEFUL_TIMEOUT": "0"})
-    assert (settings.max_requests, settings.max_requests_jitter, settings.timeout, settings.graceful_timeout) == (
-        0, 0, 0, 0)
+    server = settings.server
+    assert (server.max_requests, server.max_requests_jitter, server.timeout, server.graceful_timeout) == (0, 0, 0, 0)
 
 
 @pytest.mark.parametrize("env, value", [
@@ -140,7 +154,7 @@ def test_the_zeros_gunicorn_knows_reach_it_unchanged():
     ({"CLIP_WORKERS": " 3 "}, ("workers", 3)), ({"CLIP_WORKERS": ""}, ("workers", 1)),
 ])
 def test_edge_values_that_are_accepted(env, value):
-    assert getattr(Settings.from_env(env), value[0]) == value[1]
+    assert Settings.from_env(env).value(value[0]) == value[1]
 
 
 def test_secret_values_are_never_printed():
@@ -161,7 +175,7 @@ def test_settings_or_exit_prints_one_line_and_exits_78():
     assert stopped.value.code == EXIT_BAD_SETTINGS == 78
     assert stream.getvalue() == ("clip-service cannot start: CLIP_WORKERS='two' is invalid: expected a whole number, "
                                  "at least 1; PORT='-1' is invalid: expected a whole number from 1 to 65535\n")
-    assert settings_or_exit({"CLIP_WORKERS": "2"}, stream=stream).workers == 2
+    assert settings_or_exit({"CLIP_WORKERS": "2"}, stream=stream).server.workers == 2
 
 
 def test_reading_the_settings_imports_neither_torch_nor_prometheus():
@@ -184,8 +198,24 @@ def test_each_bad_variable_is_named_once_with_every_short_key():
 
 
 def test_validate_names_each_bad_field_once_in_order():
-    settings = dataclasses.replace(Settings(), max_buffered_bytes=-1, workers=0, device="tpu")
+    settings = Settings().replace(max_buffered_bytes=-1, workers=0, device="tpu")
     with pytest.raises(ConfigError) as refused:
         settings.validate()
     assert [p.split("=", 1)[0] for p in refused.value.problems] == ["CLIP_DEVICE", "CLIP_WORKERS",
                                                                     "CLIP_MAX_BUFFERED_BYTES"]
+
+
+def test_the_environment_is_read_once_per_process(monkeypatch):
+    # gunicorn.conf.py, the app (wsgi.py) and the worker all take the settings the master read.
+    import clip_service.app
+    import clip_service.startup as startup
+
+    reads, made = [], []
+    real = Settings.from_env.__func__
+    monkeypatch.setattr(Settings, "from_env", classmethod(lambda cls, environ=None, **o: reads.append(environ)
+                                                          or real(cls, environ, **o)))
+    monkeypatch.setattr(startup, "_read_from_environment", None)
+    monkeypatch.setattr(clip_service.app, "create_app", lambda **kwargs: made.append(kwargs) or "app")
+    first = settings_or_exit()
+    assert settings_or_exit() is first and startup.app_or_exit() == "app"
+    assert reads == [None] and made == [{"settings": first}]

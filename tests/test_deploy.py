@@ -125,12 +125,12 @@ def test_dockerfile_defaults_are_the_services():
     args = dict(re.findall(r"^ARG (\w+)=(\S*)$", "\n".join(dockerfile()), flags=re.M))
     defaults = Settings()
     # A plain `docker build .` downloads the service's default model through its loader...
-    assert (args["CLIP_MODEL"], args["CLIP_PRETRAINED"]) == (defaults.model_name, defaults.pretrained)
+    assert (args["CLIP_MODEL"], args["CLIP_PRETRAINED"]) == (defaults.model.name, defaults.model.pretrained)
     # ...and installs torch's CPU build.
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     text = "\n".join(dockerfile())
-    assert re.search(rf"^EXPOSE {defaults.port}$", text, flags=re.M)
-    assert re.search(rf"\bPORT={defaults.port}\b", text)
+    assert re.search(rf"^EXPOSE {defaults.server.port}$", text, flags=re.M)
+    assert re.search(rf"\bPORT={defaults.server.port}\b", text)
     user = re.findall(r"^USER (\S+)$", text, flags=re.M)
     assert user and user[-1].isdigit() and int(user[-1]) != 0, "run as a fixed non-root uid"
     assert re.findall(r"^CMD (.*)$", text, flags=re.M)[-1].startswith("exec gunicorn "), "Gunicorn must be PID 1"
@@ -162,12 +162,12 @@ def test_manifest_is_a_knative_service(manifest):
 
 def test_manifest_concurrency_is_workers_times_threads(manifest, container):
     settings = manifest_settings(container)
-    assert manifest["spec"]["template"]["spec"]["containerConcurrency"] == settings.workers * settings.threads
+    assert manifest["spec"]["template"]["spec"]["containerConcurrency"] == settings.server.workers * settings.server.threads
 
 
 def test_manifest_port_is_the_services(container):
     (port,) = container["ports"]
-    assert port["containerPort"] == Settings().port
+    assert port["containerPort"] == Settings().server.port
     # Cloud Run reserves PORT and sets it from containerPort itself.
     assert "PORT" not in {e["name"] for e in container.get("env", [])}
 
@@ -175,7 +175,7 @@ def test_manifest_port_is_the_services(container):
 def test_manifest_resources_fit_the_defaults(container):
     limits = container["resources"]["limits"]
     # One vCPU per batch runner, as the README's sizing says.
-    assert int(limits["cpu"]) == manifest_settings(container).batch_runners
+    assert int(limits["cpu"]) == manifest_settings(container).batching.runners
     assert limits["memory"] == "2Gi"
 
 
@@ -190,7 +190,7 @@ def test_manifest_request_timeout_fits_the_service(manifest, container):
     settings = manifest_settings(container)
     # Room for a request whose images use their whole fetch budget, and no more
     # than Gunicorn allows a silent worker (it would be killed first).
-    assert settings.fetch_request_timeout < timeout <= settings.timeout
+    assert settings.fetch.request_timeout < timeout <= settings.server.timeout
 
 
 @pytest.mark.parametrize("probe, path", [("startupProbe", "/health/ready"), ("livenessProbe", "/health/live")])

@@ -543,10 +543,10 @@ def test_bad_fetch_settings_are_refused_by_name(env, name):
 def test_fetch_settings_come_from_the_environment():
     s = Settings.from_env({"CLIP_FETCH_ALLOW": "127.0.0.1:9000,10.0.0.0/8", "CLIP_FETCH_PORTS": "80,8080",
                            "CLIP_FETCH_MAX_REDIRECTS": "0", "CLIP_FETCH_TOTAL_TIMEOUT": "2.5"})
-    assert (s.fetch_allow, s.fetch_ports, s.fetch_max_redirects, s.fetch_total_timeout) == (
+    assert (s.fetch.allow, s.fetch.ports, s.fetch.max_redirects, s.fetch.total_timeout) == (
         "127.0.0.1:9000,10.0.0.0/8", "80,8080", 0, 2.5)
     defaults = Settings.from_env({})
-    assert defaults.fetch_allow == "" and defaults.fetch_ports == "80,443"
+    assert defaults.fetch.allow == "" and defaults.fetch.ports == "80,443"
 
 
 def test_the_default_policy_blocks_loopback_and_odd_ports():

@@ -173,8 +173,8 @@ def test_uploads_are_415_on_the_other_endpoints(client, photos, path):
 def test_the_default_body_limit_fits_a_base64_image_of_the_byte_limit(tiny_embedder):
     app = create_app({"TESTING": True}, embedder=tiny_embedder)
     settings = app.config["CLIP"]
-    assert app.config["MAX_CONTENT_LENGTH"] == settings.max_body_bytes == 32 * 1024 * 1024
-    assert settings.max_body_bytes > 4 * -(-settings.fetch_max_bytes // 3) + 1024
+    assert app.config["MAX_CONTENT_LENGTH"] == settings.limits.max_body_bytes == 32 * 1024 * 1024
+    assert settings.limits.max_body_bytes > 4 * -(-settings.fetch.max_bytes // 3) + 1024
 
 
 def test_the_document_describes_uploads(client):

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import BinaryIO, Callable, ContextManager, Sequence, TypeVar
 from urllib.parse import urljoin, urlsplit
 
@@ -30,6 +30,7 @@ from ..process_local import PerProcess
 from . import http
 from .decoding import DecodeBudget, decode_image, decoded
 from .errors import ItemError
+from .limits import FetchLimits
 from .sources import data_uri_bytes, is_data_uri, read_upload
 from .url_policy import Allowlist, IPAddress, Target, UrlPolicy, parse_ports
 
@@ -50,26 +51,6 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
-@dataclass(frozen=True)
-class FetchLimits:
-    """What one request's images may cost; each field is the setting CLIP_FETCH_<NAME> (or CLIP_<NAME>)."""
-
-    connect_timeout: float = 3.0
-    read_timeout: float = 10.0
-    total_timeout: float = 20.0  # one image, connect to last byte, redirects included
-    request_timeout: float = 30.0  # all the images of one request
-    max_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 50_000_000
-    concurrency: int = 8  # per request
-    worker_concurrency: int = 16  # per process, all requests together
-    max_redirects: int = 3
-    user_agent: str = "clip-service"
-    ports: str | Sequence[int] = (80, 443)
-    allow: str | Allowlist = ""
-    max_url_chars: int = 2048
-    decode_budget_mb: int = 400  # images being decoded at once per process (decoding.DecodeBudget)
-
-
 class ImageFetcher:
     """Fetch the images of one request, concurrently and with bounded cost."""
 
@@ -77,8 +58,8 @@ class ImageFetcher:
                  resolver: Resolver | None = None, ca_certs: str | None = None, **overrides):
         # Keyword overrides of single limits keep tests and one-off callers short.
         self.limits = limits = replace(limits or FetchLimits(), **overrides)
-        # Decode big JPEGs at a reduced scale that still covers this side (the model's input).
-        self.draft_size = draft_size
+        # Decode big JPEGs at a reduced scale that still covers this side (the model's input), unless told not to.
+        self.draft_size = draft_size if limits.jpeg_draft else None
         self.headers = {"User-Agent": limits.user_agent, "Accept": "image/*", "Accept-Encoding": "identity"}
         self.policy = UrlPolicy(
             allowed_ports=parse_ports(limits.ports) if isinstance(limits.ports, str) else frozenset(limits.ports),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import SplitResult, urlsplit
 
 from .errors import ItemError
+from .limits import FetchLimits
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -153,7 +154,7 @@ class UrlPolicy:
 
     allowed_ports: frozenset[int] = frozenset({80, 443})
     allowlist: Allowlist = field(default_factory=Allowlist)
-    max_url_chars: int = 2048
+    max_url_chars: int = FetchLimits.max_url_chars
 
     def check_url(self, url: str) -> Target:
         """Check scheme, form, length and port; raise ItemError (invalid_url or blocked_url)."""

@@ -39,7 +39,7 @@ from types import SimpleNamespace
 
 from werkzeug.test import Client
 
-from ..config import Settings
+from ..startup import settings_or_exit
 from ..web.errors import ApiError, envelope
 from ..web.jsonio import dumps_bytes
 from . import metrics
@@ -101,7 +101,9 @@ class BufferingWorker(ThreadWorker):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.settings = Settings.from_env()
+        # The settings the master read once (gunicorn.conf.py), not the environment again.
+        settings = settings_or_exit()
+        self.server, self.limits = settings.server, settings.limits
         self.max_conns = self.cfg.worker_connections
         # The base class stops accepting at worker_connections; this one drops its
         # stalest waiting connection instead, so a probe can always get in.
@@ -163,10 +165,10 @@ class BufferingWorker(ThreadWorker):
         self._wait_for_request(conn, b"")
 
     def _wait_for_request(self, conn: _Conn, data: bytes):
-        conn.scanner = RequestScanner(MAX_HEAD, self.settings.max_body_bytes)
+        conn.scanner = RequestScanner(MAX_HEAD, self.limits.max_body_bytes)
         conn.head_started = conn.body_started = None
         conn.continued = False
-        idle = self.cfg.keepalive or self.settings.header_timeout
+        idle = self.cfg.keepalive or self.server.header_timeout
         conn.idle_until = time.monotonic() + (idle if self.alive else min(idle, STOP_KEEPALIVE_LINGER))
         self._watch(conn)
         if data:  # pipelined: looked at from the loop, not from here, so a long pipeline cannot recurse
@@ -210,7 +212,7 @@ class BufferingWorker(ThreadWorker):
             conn.body_started = now
         if scan.body_too_large:
             # A chunked body over the limit: 413 from its size line, as the app answers a Content-Length one.
-            self._refuse(conn, ApiError(413, f"the request body is larger than {self.settings.max_body_bytes} bytes"))
+            self._refuse(conn, ApiError(413, f"the request body is larger than {self.limits.max_body_bytes} bytes"))
             self._linger(conn)
             return
         if scan.body_bytes > conn.reserved and not self._reserve(conn, scan.body_bytes - conn.reserved):
@@ -337,10 +339,10 @@ class BufferingWorker(ThreadWorker):
         if conn.head_started is None:
             return conn.idle_until
         if conn.body_started is None:
-            return conn.head_started + self.settings.header_timeout
+            return conn.head_started + self.server.header_timeout
         # A head start, then a minimum average rate: each byte received buys 1/rate seconds.
-        return (conn.body_started + self.settings.header_timeout
-                + conn.scanner.body_received() / self.settings.body_min_rate)
+        return (conn.body_started + self.server.header_timeout
+                + conn.scanner.body_received() / self.server.body_min_rate)
 
     def _expire(self, conn: _Conn):
         if conn.linger_until is None and conn.head_started is None and not conn.used:
@@ -349,10 +351,10 @@ class BufferingWorker(ThreadWorker):
             self._close(conn)  # idle, as Gunicorn's keep-alive timeout would
         elif conn.body_started is None:
             self._drop(conn, "head_timeout", 408,
-                       f"the request head did not arrive within {self.settings.header_timeout:g} s")
+                       f"the request head did not arrive within {self.server.header_timeout:g} s")
         else:
             self._drop(conn, "body_timeout", 408,
-                       f"the request body arrived slower than {self.settings.body_min_rate} bytes/s")
+                       f"the request body arrived slower than {self.server.body_min_rate} bytes/s")
 
     # --- limits ------------------------------------------------------------
 
@@ -372,7 +374,7 @@ class BufferingWorker(ThreadWorker):
 
     def _reserve(self, conn: _Conn, nbytes: int) -> bool:
         """Count body bytes against the buffer budget, dropping the stalest arriving bodies to make room."""
-        while self.buffered + nbytes > self.settings.max_buffered_bytes:
+        while self.buffered + nbytes > self.server.max_buffered_bytes:
             if not self._evict_stalest(holding_body=True, sparing=conn):
                 self._drop(conn, "evicted", 503, "the server is full; retry shortly", _RETRY, linger=False)
                 return False

@@ -19,7 +19,7 @@ from .current import settings as _settings
 
 
 class LimitedList(fields.List):
-    """A list of at most ``getattr(settings, max_items)`` items.
+    """A list of at most ``settings.value(max_items)`` items.
 
     The length is checked before any item is read, so an oversized list costs
     nothing and its error names the limit, not each item.
@@ -31,18 +31,18 @@ class LimitedList(fields.List):
 
     def openapi(self, settings) -> dict:
         """The limit in force, for the OpenAPI document."""
-        return {"maxItems": getattr(settings, self.max_items)}
+        return {"maxItems": settings.value(self.max_items)}
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, list):
-            limit = getattr(_settings(), self.max_items)
+            limit = _settings().value(self.max_items)
             if len(value) > limit:
                 raise ValidationError(f"At most {limit} items per request.")
         return super()._deserialize(value, attr, data, **kwargs)
 
 
 class LimitedString(fields.String):
-    """A string of at most ``getattr(settings, max_chars)`` characters."""
+    """A string of at most ``settings.value(max_chars)`` characters."""
 
     def __init__(self, *, max_chars: str, **kwargs):
         super().__init__(**kwargs)
@@ -50,11 +50,11 @@ class LimitedString(fields.String):
 
     def openapi(self, settings) -> dict:
         """The limit in force, for the OpenAPI document."""
-        return {"maxLength": getattr(settings, self.max_chars)}
+        return {"maxLength": settings.value(self.max_chars)}
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
-        limit = getattr(_settings(), self.max_chars)
+        limit = _settings().value(self.max_chars)
         if len(text) > limit:
             raise ValidationError(f"Longer than {limit} characters.")
         return text

@@ -61,7 +61,7 @@ def create_api(app: Flask, settings: Settings) -> Api:
         "OPENAPI_JSON_PATH": "openapi.json",
         "API_SPEC_OPTIONS": {"info": {"description": (
             "Turns texts and images into L2-normalised CLIP vectors. Bodies are UTF-8 JSON of at most "
-            f"{settings.max_body_bytes} bytes (CLIP_MAX_BODY_BYTES; 413 above). Texts longer than the "
+            f"{settings.limits.max_body_bytes} bytes (CLIP_MAX_BODY_BYTES; 413 above). Texts longer than the "
             "model's context (77 tokens) are truncated as CLIP does. Every error answers with the "
             "envelope {code, status, message, errors}.")}, **security},
     })

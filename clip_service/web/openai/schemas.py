@@ -39,7 +39,7 @@ class EmbeddingInput(fields.Field):
             raise ValidationError("Must be a string or a list of strings.")
         if not value:
             raise ValidationError("Send at least one input.")
-        limit = _settings().max_texts
+        limit = _settings().limits.max_texts
         if len(value) > limit:
             raise ValidationError(f"At most {limit} items per request.")
         if all(isinstance(item, int) and not isinstance(item, bool) for item in value) or \
@@ -55,7 +55,7 @@ class EmbeddingInput(fields.Field):
         """The field's OpenAPI schema, with the limits in force."""
         return {"oneOf": [{"type": "string"},
                           {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                           "maxItems": settings.max_texts}]}
+                           "maxItems": settings.limits.max_texts}]}
 
 
 class EmbeddingRequestSchema(RequestSchema):
@@ -89,14 +89,14 @@ class EmbeddingRequestSchema(RequestSchema):
             if is_image_input(item, modality):
                 images += 1
                 # A data URI is bounded by the body size and CLIP_FETCH_MAX_BYTES instead.
-                if not is_data_uri(item) and len(item) > settings.max_url_chars:
-                    errors[i] = [f"Longer than {settings.max_url_chars} characters."]
-            elif len(item) > settings.max_text_chars:
-                errors[i] = [f"Longer than {settings.max_text_chars} characters."]
+                if not is_data_uri(item) and len(item) > settings.fetch.max_url_chars:
+                    errors[i] = [f"Longer than {settings.fetch.max_url_chars} characters."]
+            elif len(item) > settings.limits.max_text_chars:
+                errors[i] = [f"Longer than {settings.limits.max_text_chars} characters."]
         if errors:
             raise ValidationError(errors, field_name="input")
-        if images > settings.max_urls:
-            raise ValidationError(f"At most {settings.max_urls} images per request.", field_name="input")
+        if images > settings.limits.max_urls:
+            raise ValidationError(f"At most {settings.limits.max_urls} images per request.", field_name="input")
 
     @post_load
     def _defaults(self, data, **_):

@@ -57,7 +57,7 @@ def register(app: Flask, api: Api) -> None:
     for path in PATHS:
         app.extensions["clip_error_renderers"].add(path, render_weaviate)
     api.register_blueprint(bp)
-    if app.config["CLIP"].weaviate_public:
+    if app.config["CLIP"].access.weaviate_public:
         log.warning("CLIP_WEAVIATE_PUBLIC is on: /vectorize and /meta answer without an API key; "
                     "keep this service on a private network")
 

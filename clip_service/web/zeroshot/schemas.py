@@ -20,7 +20,7 @@ from ..current import settings as _settings
 
 
 class OneOrMany(fields.Field):
-    """One ``inner`` value or a non-empty list of at most ``getattr(settings, max_items)`` of them."""
+    """One ``inner`` value or a non-empty list of at most ``settings.value(max_items)`` of them."""
 
     def __init__(self, inner: fields.Field, *, max_items: str, **kwargs):
         super().__init__(**kwargs)
@@ -34,7 +34,7 @@ class OneOrMany(fields.Field):
 
     def openapi(self, settings) -> dict:
         return {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                                               "maxItems": getattr(settings, self.many.max_items)}]}
+                                               "maxItems": settings.value(self.many.max_items)}]}
 
 
 class TemplatesField(OneOrMany):
@@ -78,7 +78,7 @@ class ClassifyParametersSchema(RequestSchema):
         if blank:
             raise ValidationError(blank, field_name="candidate_labels")
         templates = data.get("hypothesis_template")
-        limit = _settings().max_label_texts
+        limit = _settings().limits.max_label_texts
         if templates is not None and len(labels) * len(templates) > limit:
             raise ValidationError(f"{len(labels)} labels x {len(templates)} templates is more than "
                                   f"{limit} prompts per request (CLIP_MAX_LABEL_TEXTS).", field_name="_schema")

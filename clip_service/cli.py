@@ -4,8 +4,9 @@ Exit status: 0 when every item has a row (failed items included: they are
 rows with an error), 1 when the service cannot be used (unreachable, not a
 clip-service, wrong key, unavailable through every retry), 2 for a bad
 command line or INPUT/OUT, 78 for a bad CLIP_* setting and 3 for a model that
-cannot load (as ``gunicorn wsgi:app``), 130 when interrupted. Every failure is one
-line on stderr; rows already written stay, and a rerun resumes.
+cannot load (as ``gunicorn wsgi:app``), 130 when interrupted (Ctrl-C) and 143
+when stopped by SIGTERM. Every failure is one line on stderr; rows already
+written stay, and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from .startup import EXIT_BAD_SETTINGS, EXIT_MODEL_LOAD, refusal_line
 
 PROG = "clip-service"
 API_KEY_ENV = "CLIP_SERVICE_API_KEY"
-EXIT_SERVICE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_SERVICE, EXIT_USAGE = 1, 2
+# 128 + the signal's number, as a shell reports a process that the signal ended.
+EXIT_INTERRUPTED, EXIT_TERMINATED = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +81,7 @@ def embed_command(args: argparse.Namespace) -> int:
     from .bulk.inputs import InputError, read_items
     from .client import ClipClientError
 
-    with _logs(args.verbose), _sigterm_as_interrupt():
+    with _logs(args.verbose), _stop_signals():
         backend = store = job = None
         try:
             if args.url:  # a wrong URL or key stops here, before INPUT is read
@@ -105,6 +108,8 @@ def embed_command(args: argparse.Namespace) -> int:
                 where = f"{output} ({vectors} vectors), {ids.name}, {errors.name}"
             _say(_summary(tally, where))
             return 0
+        except _Terminated:
+            return _fail(_stopped("interrupted by SIGTERM", job), EXIT_TERMINATED)
         except KeyboardInterrupt:
             return _fail(_stopped("interrupted", job), EXIT_INTERRUPTED)
         except InputError as exc:
@@ -119,7 +124,7 @@ def embed_command(args: argparse.Namespace) -> int:
             if store is not None:
                 store.close()
             if backend is not None:
-                backend.close()
+                backend.close()  # in-process: waits for the forward passes under way (bulk/local.py)
 
 
 class _SettingsError(Exception):
@@ -198,22 +203,38 @@ def _logs(verbose: bool):
         root.setLevel(saved)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: the run stops as on Ctrl-C, and exits 143."""
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a stopped container, ``kill``) ends the run as Ctrl-C does: written rows kept, the rest redone."""
+def _stop_signals():
+    """Ctrl-C and SIGTERM (a stopped container, ``kill``) end the run: written rows kept, the rest redone.
+
+    SIGINT is taken over only where Python's own handler has it: a job started
+    in the background of a shell inherits it ignored, and keeps ignoring it.
+    """
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def _interrupt(signum, frame):
+    # One stop is enough: a second Ctrl-C must not cut short the writing of the last rows, or
+    # the wait for the forward passes under way (moments; SIGKILL still ends the process at once).
+    for each in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(each) is _interrupt:
+            signal.signal(each, signal.SIG_IGN)
+    raise _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 if __name__ == "__main__":

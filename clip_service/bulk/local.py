@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 
 from ..config import Settings
@@ -20,20 +21,35 @@ class LocalBackend:
 
         # As each Gunicorn worker does: CLIP_TORCH_THREADS threads per pass, CLIP_BATCH_RUNNERS passes at once.
         self._threads_before = torch.get_num_threads()
-        torch.set_num_threads(settings.batching.torch_threads)
+        torch.set_num_threads(settings.torch_threads)
         self.settings = settings
         self.pipeline = build_pipeline(settings)
         info = self.pipeline.info
         self.stamp = ModelStamp(info.model, info.pretrained, info.dimensions)
         # A batch is what one request could carry.
-        self.batch_sizes = {"text": settings.limits.max_texts, "image": settings.limits.max_urls}
+        self.batch_sizes = {"text": settings.max_texts, "image": settings.max_urls}
+        # Calls of embed() under way, so close() can wait for their forward passes (see there).
+        self._active = 0
+        self._closing = False
+        self._idle = threading.Condition()
 
     def embed(self, items: list[Item]) -> list[Row]:
         """Rows for ``items`` (all of one modality), in order."""
-        return self._texts(items) if items[0].modality == "text" else self._images(items)
+        from ..model.batching import Stopped
+
+        with self._idle:
+            if self._closing:
+                raise Stopped("the run is stopping")
+            self._active += 1
+        try:
+            return self._texts(items) if items[0].modality == "text" else self._images(items)
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
 
     def _texts(self, items: list[Item]) -> list[Row]:
-        limit = self.settings.limits.max_text_chars
+        limit = self.settings.max_text_chars
         rows: list[Row | None] = [
             Row(item.id, "text", None, "too_long", f"longer than the service's {limit} characters per text")
             if len(item.value) > limit else None for item in items]
@@ -81,7 +97,24 @@ class LocalBackend:
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 120.0) -> None:
+        """Start no more batches and wait for those under way: no forward pass may outlive the run.
+
+        The run's threads are daemons; one still inside torch when the interpreter
+        exits is killed there, and the process dies of SIGABRT ("terminate called
+        without an active exception", exit 134) instead of exiting 130 or 143.
+        """
         import torch
 
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            self._closing = True
+        # The batchers' queued work fails at once; only the passes already running are waited for.
+        # (The embedder has no public way to its batchers yet.)
+        for batcher in getattr(self.pipeline.embedder, "_batchers", {}).values():
+            batcher.stop(max(0.0, deadline - time.monotonic()))
+        # Without batching the passes run in the run's own threads, inside these calls.
+        with self._idle:
+            while self._active and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
         torch.set_num_threads(self._threads_before)  # a caller in the same process gets its threads back

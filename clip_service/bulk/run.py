@@ -4,7 +4,9 @@ Rows are flushed as a part every ``flush_rows`` rows or ``flush_seconds``
 seconds, and on the way out of any stop (the end, Ctrl-C, SIGTERM, a fatal
 error), so an interruption loses at most the batches still in flight; a
 SIGKILL loses at most the rows since the last part. The worker threads are
-daemons: a stop does not wait for their requests or forward passes.
+daemons: a stop does not wait for their requests; the in-process backend's
+``close()`` waits for the forward passes under way, which must not outlive
+the interpreter.
 """
 
 from __future__ import annotations

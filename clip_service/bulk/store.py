@@ -30,6 +30,10 @@ import pyarrow.parquet as pq
 from .inputs import InputError
 
 METADATA_KEY = b"clip_service"
+# A cell a spreadsheet would run as a formula (OWASP's CSV injection): ids come from file names, URLs and
+# CSV/JSONL files, messages quote URLs. A leading ' makes such a cell text. (By hand: OWASP's rule is two
+# lines; defusedcsv would add a dependency and characters of its own.)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass
@@ -222,9 +226,15 @@ def export_npy(store: PartStore, output: Path, order: Iterable[str]) -> tuple[in
     with open(errors_path.with_name(f".{errors_path.name}.tmp"), "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(["id", "modality", "error_code", "error_message"])
-        writer.writerows([item_id, *errors[item_id]] for item_id in order if item_id in errors)
+        writer.writerows([spreadsheet_text(cell) for cell in (item_id, *errors[item_id])]
+                         for item_id in order if item_id in errors)
     os.replace(errors_path.with_name(f".{errors_path.name}.tmp"), errors_path)
     return len(ok), sum(1 for item_id in order if item_id in errors)
+
+
+def spreadsheet_text(cell: str) -> str:
+    """``cell``, with a leading ' when a spreadsheet would read it as a formula."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
 def remove_npy(output: Path) -> None:

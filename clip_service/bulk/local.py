@@ -110,9 +110,7 @@ class LocalBackend:
         with self._idle:
             self._closing = True
         # The batchers' queued work fails at once; only the passes already running are waited for.
-        # (The embedder has no public way to its batchers yet.)
-        for batcher in getattr(self.pipeline.embedder, "_batchers", {}).values():
-            batcher.stop(max(0.0, deadline - time.monotonic()))
+        self.pipeline.embedder.stop(max(0.0, deadline - time.monotonic()))
         # Without batching the passes run in the run's own threads, inside these calls.
         with self._idle:
             while self._active and (left := deadline - time.monotonic()) > 0:

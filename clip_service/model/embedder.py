@@ -115,6 +115,12 @@ class ClipEmbedder:
             for modality in ("text", "image")
         } if batching else {}
 
+    def stop(self, timeout: float) -> None:
+        """Fail queued batches at once and wait up to ``timeout`` s for the passes under way (batching.py)."""
+        deadline = time.monotonic() + timeout
+        for batcher in self._batchers.values():
+            batcher.stop(max(0.0, deadline - time.monotonic()))
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """CLIP token ids, one row per text, truncated to the context as CLIP does."""
         return self.tokenizer(list(texts))

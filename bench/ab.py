@@ -3,6 +3,7 @@
     python bench/ab.py --ref 2379a78 --scenario single-text --rounds 4
     python bench/ab.py --ref HEAD --scenario single-text --env '{"GUNICORN_CMD_ARGS": "--worker-class gthread"}'
     python bench/ab.py --this 1a50b8b --ref 1a50b8b^1 --scenario single-text   # two commits
+    python bench/ab.py --scenario single-text --rounds 1   # this checkout alone: its figures, no ratio
 
 Each round starts both services in turn (the order swaps every round), warms each up and runs the
 scenario against it; the answer is each round's ratio and the median ratio. Use it to tell a small
@@ -25,7 +26,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, PhotoServer, Service, run_load  # noqa: E402
+from bench.harness import ROOT, photo_server, run_load, smoke_or, start_service  # noqa: E402
 from bench.lone_request import SMALL, load_scenarios, post, worktree  # noqa: E402
 
 
@@ -36,7 +37,8 @@ SCENARIOS = {"single-text": "single text, 8 clients", "text-batch": "text batch 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--ref", required=True, help="the git ref to compare this checkout with")
+    parser.add_argument("--ref", default=None, help="the git ref to compare this checkout with (none: run "
+                                                    "this checkout alone)")
     parser.add_argument("--scenario", required=True, choices=list(SCENARIOS))
     parser.add_argument("--scale", type=float, default=1.25, help="requests per round, times lone_request.py's")
     parser.add_argument("--this", default=None, help="a git ref to run instead of this checkout")
@@ -44,18 +46,19 @@ def main() -> None:
     parser.add_argument("--env", default="{}", help="JSON of extra environment for this checkout's service")
     args = parser.parse_args()
     extra = json.loads(args.env)
-    photos = PhotoServer()
+    photos = photo_server()
     small = [photos.url(f) for f in SMALL]
-    tree = worktree(args.ref)
+    tree = worktree(args.ref) if args.ref else None
     this_tree = worktree(args.this) if args.this else None
-    results: dict[str, list[float]] = {"this": [], "ref": []}
+    results: dict[str, list[float]] = {"this": [], "ref": []} if tree else {"this": []}
     try:
         for round_number in range(args.rounds):
-            for label in ("this", "ref") if round_number % 2 == 0 else ("ref", "this"):
+            labels = list(results) if round_number % 2 == 0 else list(reversed(results))
+            for label in labels:
                 env = {"CLIP_CACHE_MB": "0", **(extra if label == "this" else {})}
-                svc = Service(env, photo_port=photos.port, cwd=this_tree if label == "this" else tree)
+                svc = start_service(env, photo_port=photos.port, cwd=this_tree if label == "this" else tree)
                 try:
-                    for _ in range(20):
+                    for _ in range(smoke_or(20, 1)):
                         post(requests.Session(), svc.base + "/embed/text", {"texts": ["warm"]})
                     table = load_scenarios(svc.base, small, [], random.Random(round_number))
                     send, clients, total, items = table[SCENARIOS[args.scenario]]
@@ -70,6 +73,8 @@ def main() -> None:
         photos.close()
         for path in filter(None, (tree, this_tree)):
             subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
+    if not tree:
+        return
     ratios = [a / b for a, b in zip(results["this"], results["ref"])]
     print(f"{args.scenario}, {args.this or 'this checkout'} / {args.ref}: per round "
           + ", ".join(f"{r:.2f}x" for r in ratios) + f"; median {statistics.median(ratios):.2f}x")

@@ -39,13 +39,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, Service, checkpoint  # noqa: E402
+from bench.harness import MODEL, RESULTS, ROOT, checkpoint, start_service  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SOURCES = [FIXTURES / "chelsea_0.jpg", FIXTURES / "coffee_0.jpg", FIXTURES / "camera.png",
            FIXTURES / "large" / "chelsea_12mp.jpg"]
 LONG_SIDES = (224, 320, 480, 640, 1024, 1600)
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def make_images(folder: Path, count: int, slices: int, seed: int = 0) -> list[list[Path]]:
@@ -71,21 +70,6 @@ def make_images(folder: Path, count: int, slices: int, seed: int = 0) -> list[li
         image.save(path, quality=90) if path.suffix == ".jpg" else image.save(path, compress_level=6)
         made[i % slices].append(path)
     return made
-
-
-def service_cpu(service: Service) -> float:
-    """User + system CPU seconds of Gunicorn so far: the master, its live workers, and the workers it recycled."""
-    total = 0
-    for pid in service.pids():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # a worker that exited just now: the master's cutime/cstime hold it once it is reaped
-        total += int(fields[11]) + int(fields[12])  # utime, stime (all threads)
-        if pid == service.proc.pid:
-            # Workers recycled after CLIP_MAX_REQUESTS take their CPU with them; the master reaps them.
-            total += int(fields[13]) + int(fields[14])  # cutime, cstime
-    return total / TICKS
 
 
 def children_cpu() -> float:
@@ -137,14 +121,14 @@ def main() -> None:
                         help="slices of the set; each round runs the three ways on one slice, in a rotating order, "
                              "so a change in the machine's load falls on all three (default 4)")
     parser.add_argument("--concurrency", type=int, default=4, help="the command's --concurrency (default 4)")
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results",
-                        help="where bulk.md and bulk.json go ('' for nowhere)")
+    # A str, not a Path: Path('') is '.', so '' would write into the working directory.
+    parser.add_argument("--results", default=str(RESULTS), help="where bulk.md and bulk.json go ('' for nowhere)")
     args = parser.parse_args()
 
     load = os.getloadavg()
     # The vector cache off: every way embeds each slice of the same images, so a cache would turn
     # whichever came second into lookups.
-    model_env = {"CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": str(checkpoint()), "HF_HUB_OFFLINE": "1",
+    model_env = {"CLIP_MODEL": MODEL, "CLIP_PRETRAINED": str(checkpoint()), "HF_HUB_OFFLINE": "1",
                  "CLIP_CACHE_MB": "0"}
     names = {"local": "clip-service embed, model in-process",
              "url": f"clip-service embed --url (Gunicorn), --concurrency {args.concurrency}",
@@ -161,7 +145,7 @@ def main() -> None:
         print("start-up alone: clip-service embed on an empty folder (loads the model)", flush=True)
         startup_wall, startup_cpu, _ = run_command(tmp / "empty", tmp / "empty.parquet", model_env, [])
 
-        service = Service({"CLIP_CACHE_MB": "0"})
+        service = start_service({"CLIP_CACHE_MB": "0"})
         print(f"gunicorn healthy after {service.startup_seconds:.1f} s", flush=True)
         try:
             for round_ in range(args.rounds):
@@ -169,7 +153,7 @@ def main() -> None:
                 order = list(names)[round_ % 3:] + list(names)[:round_ % 3]
                 for key in order:
                     print(f"round {round_ + 1}/{args.rounds}, {len(paths)} images: {names[key]}", flush=True)
-                    server_before = service_cpu(service)
+                    server_before = service.cpu_seconds()
                     output = tmp / f"{key}-{round_}.parquet"
                     if key == "naive":
                         wall, cpu, found = naive_loop(service.base, paths)
@@ -184,7 +168,7 @@ def main() -> None:
                     row["wall_s"] += wall
                     row["run_s"] += run_s
                     row["cpu_client_s"] += cpu
-                    row["cpu_server_s"] += service_cpu(service) - server_before
+                    row["cpu_server_s"] += service.cpu_seconds() - server_before
         finally:
             service.stop()
 
@@ -208,18 +192,19 @@ def main() -> None:
     table.append(f"| start-up alone (model load, empty folder), per run | | | {startup_wall:.1f} s wall | "
                  f"{startup_cpu:.1f} | | |")
     note = (f"{args.images} images (sides {min(LONG_SIDES)}-{max(LONG_SIDES)} px, JPEG and PNG) in {args.rounds} "
-            f"rounds, each running the three ways on one slice in a rotating order; random ViT-B-32, "
+            f"rounds, each running the three ways on one slice in a rotating order; random {MODEL}, "
             f"CLIP_* defaults but the vector cache off (1 worker, 2 runners x 1 torch thread), {os.cpu_count()} cores. items/s: the "
             "command's own count (model load excluded; Gunicorn was started before). CPU ms per item: command + "
             "Gunicorn, the in-process start-ups taken out. 1-minute load average "
             f"{load[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other jobs share this machine). "
             "Largest difference between the vectors: " + ", ".join(f"{k} {v:.1e}" for k, v in agreement.items()))
     print("\n" + "\n".join(table) + "\n\n" + note)
-    if str(args.results):
-        args.results.mkdir(parents=True, exist_ok=True)
+    if args.results:
+        folder = Path(args.results)
+        folder.mkdir(parents=True, exist_ok=True)
         suffix = "" if args.images == 2000 else f"-{args.images}"
-        (args.results / f"bulk{suffix}.md").write_text("\n".join(table) + "\n\n" + note + "\n")
-        (args.results / f"bulk{suffix}.json").write_text(json.dumps(
+        (folder / f"bulk{suffix}.md").write_text("\n".join(table) + "\n\n" + note + "\n")
+        (folder / f"bulk{suffix}.json").write_text(json.dumps(
             {"images": args.images, "rounds": args.rounds, "cores": os.cpu_count(), "rows": rows,
              "startup": {"wall_s": startup_wall, "cpu_s": startup_cpu}, "agreement": agreement}, indent=2) + "\n")
 

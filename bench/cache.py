@@ -27,9 +27,17 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import PHOTOS, PhotoServer, Service, make_texts, rss_kib, run_load  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import (  # noqa: E402
+    MODEL,
+    PHOTOS,
+    make_texts,
+    photo_server,
+    results_file,
+    run_load,
+    smoke_or,
+    start_service,
+)
+from tests.support.gunicorn import status_kib  # noqa: E402
 
 
 def zipf_stream(requests_total: int, distinct: int, s: float = 1.1, seed: int = 0) -> list[int]:
@@ -80,20 +88,20 @@ def catalogue(folder: Path) -> list[str]:
 
 
 def run(quick: bool) -> dict:
-    text_requests, distinct = (600, 150) if quick else (20_000, 5_000)
-    image_requests = 48 if quick else 400
-    soak_texts = 2_000 if quick else 20_000
+    text_requests, distinct = smoke_or((600, 150) if quick else (20_000, 5_000), (16, 8))
+    image_requests = smoke_or(48 if quick else 400, 16)
+    soak_texts = smoke_or(2_000 if quick else 20_000, 128)
     captions = make_texts(distinct, seed=3)
     order = zipf_stream(text_requests, distinct)
     results: dict = {"zipf": {"requests": text_requests, "distinct": distinct,
                               "distinct_in_stream": len(set(order))}}
-    photos = PhotoServer()
+    photos = photo_server()
     with tempfile.TemporaryDirectory(dir=PHOTOS) as folder:
         names = catalogue(Path(folder))
-        urls = [photos.url(f"{Path(folder).name}/{n}") for n in names]
+        urls = [photos.url(f"/{Path(folder).name}/{n}") for n in names]
         image_order = list(np.random.default_rng(1).integers(0, len(urls), size=image_requests))
         for label, cache_mb in (("off", "0"), ("on", "64")):
-            svc = Service({"CLIP_CACHE_MB": cache_mb}, photo_port=photos.port)
+            svc = start_service({"CLIP_CACHE_MB": cache_mb}, photo_port=photos.port)
             try:
                 texts = run_load(stream_sender(svc.base, "/embed/text", "texts", captions, order),
                                  clients=8, requests_total=text_requests, items_per_request=1, max_seconds=900)
@@ -108,7 +116,7 @@ def run(quick: bool) -> dict:
     photos.close()
 
     # The soak: distinct texts only, so every request adds vectors and the LRU must evict.
-    svc = Service({"CLIP_CACHE_MB": "4"})
+    svc = start_service({"CLIP_CACHE_MB": "4"})
     try:
         worker = svc.pids()[1]
         samples = []
@@ -116,7 +124,7 @@ def run(quick: bool) -> dict:
         with requests.Session() as session:
             for start in range(0, soak_texts, 64):
                 assert post(session, svc.base + "/embed/text", {"texts": soak[start:start + 64]})
-                samples.append((start + 64, rss_kib(worker) / 1024, metric(svc.base, "clip_cache_bytes")))
+                samples.append((start + 64, status_kib(worker, "VmRSS") / 1024, metric(svc.base, "clip_cache_bytes")))
         results["soak"] = {
             "texts": soak_texts, "bound_mib": 4.0,
             "max_cache_mib": max(b for _, _, b in samples) / 2**20,
@@ -135,7 +143,7 @@ def write(results: dict, quick: bool) -> None:
         "# Vector cache: on versus off, side by side in one run",
         "",
         f"`python bench/cache.py{' --quick' if quick else ''}`, {time.strftime('%Y-%m-%d')}, fixed-seed random "
-        "ViT-B-32, 1 worker (the defaults otherwise).",
+        f"{MODEL}, 1 worker (the defaults otherwise).",
         "",
         f"Zipf stream (s = 1.1): {results['zipf']['requests']} single-text requests over "
         f"{results['zipf']['distinct']} captions ({results['zipf']['distinct_in_stream']} of them drawn), "
@@ -156,8 +164,8 @@ def write(results: dict, quick: bool) -> None:
               f"{soak['evictions']:.0f} evictions; worker RSS {soak['rss_mib']['after 10%']:.0f} MiB after 10% of "
               f"the requests, {soak['rss_mib']['after 50%']:.0f} MiB after half, {soak['rss_mib']['end']:.0f} MiB "
               "at the end.", ""]
-    (RESULTS / "cache.md").write_text("\n".join(lines))
-    (RESULTS / "cache.json").write_text(json.dumps(results, indent=2, default=float))
+    results_file("cache.md").write_text("\n".join(lines))
+    results_file("cache.json").write_text(json.dumps(results, indent=2, default=float))
     print("\n".join(lines))
 
 

@@ -18,8 +18,8 @@ In each round, in turn (the order rotates from round to round):
 Peak RSS while loading is VmHWM of the process that loads the model (the
 naive script, or Gunicorn's master), file-backed pages of a mapped checkpoint
 included. Then the PSS of master + workers with 1 and 4 workers after start.
-The checkpoint is a fixed-seed random ViT-B-32 (bench/harness.py): the real
-architecture and file size; hub weights are out of reach here.
+The checkpoint is a fixed-seed random ViT-B-32 (bench/harness.py, BENCH_MODEL): the
+real architecture and file size; hub weights are out of reach here.
 """
 
 from __future__ import annotations
@@ -37,16 +37,15 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import CACHE, ROOT, checkpoint, free_port, pss_kib  # noqa: E402
+from bench.harness import CACHE, MODEL, ROOT, checkpoint, results_file, smoke_or  # noqa: E402
+from tests.support.gunicorn import GunicornProcess, log_records, pss_kib  # noqa: E402
 
 NAIVE = """
 import json, sys, time
 import open_clip
-model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=sys.argv[1])
+model, _, preprocess = open_clip.create_model_and_transforms(sys.argv[1], pretrained=sys.argv[2])
 status = open("/proc/self/status").read()
 print(json.dumps({"done": time.monotonic(), "hwm_kib": int(status.split("VmHWM:")[1].split()[0])}))
 """
@@ -73,8 +72,8 @@ def converted_checkpoint() -> Path:
     """The benchmark checkpoint converted by the service's own command (cached)."""
     path = CACHE / f"{checkpoint().stem}.safetensors"
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "clip_service.model.convert", str(checkpoint()), str(path)],
-                       cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "clip_service.model.convert", "--model", MODEL, str(checkpoint()),
+                        str(path)], cwd=ROOT, check=True)
     return path
 
 
@@ -103,7 +102,7 @@ def evict(*paths: Path) -> None:
 def run_naive(pt: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     spawned = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", NAIVE, str(pt)], cwd=ROOT, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", NAIVE, MODEL, str(pt)], cwd=ROOT, capture_output=True, text=True,
                             timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if result.returncode != 0:
         raise RuntimeError(f"naive script failed: {result.stderr[-2000:]}")
@@ -113,71 +112,23 @@ def run_naive(pt: Path) -> dict:
     return {"seconds": report["done"] - spawned, "peak_rss_mib": report["hwm_kib"] / 1024, "cpu_seconds": cpu}
 
 
-class Gunicorn:
-    """``gunicorn wsgi:app`` from ``tree`` on 127.0.0.1, its JSON log lines in a file."""
+def start(tree: Path, weights: Path, log_path: Path, workers: int = 1) -> GunicornProcess:
+    """``gunicorn wsgi:app`` from ``tree`` with ``weights``, logging at INFO (the stages come from its log)."""
+    return GunicornProcess({"CLIP_MODEL": MODEL, "CLIP_PRETRAINED": str(weights), "CLIP_WORKERS": str(workers),
+                            "LOG_LEVEL": "INFO"}, log_path, cwd=tree)
 
-    def __init__(self, tree: Path, weights: Path, log_path: Path, workers: int = 1):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        env = {**os.environ, "CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": str(weights), "CLIP_WORKERS": str(workers),
-               "HF_HUB_OFFLINE": "1", "LOG_LEVEL": "INFO", "PORT": str(self.port)}
-        self._log = open(log_path, "wb")
-        self.spawned_wall = time.time()
-        self.spawned = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.port}"],
-                                     cwd=tree, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 180) -> float:
-        """Seconds from spawn to the first 200 from /health/ready."""
-        while time.monotonic() - self.spawned < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{self.log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                if requests.get(self.base + "/health/ready", timeout=5).status_code == 200:
-                    return time.monotonic() - self.spawned
-            except requests.RequestException:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError("gunicorn never became ready")
-
-    def wait_workers_warm(self, workers: int, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.log_path.read_text(errors="replace").count("warmed up") < workers:
-            time.sleep(0.1)
-
-    def pids(self) -> list[int]:
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return [self.proc.pid] + [int(c) for c in children]
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of master and workers so far (all their threads)."""
-        total = 0
-        for pid in self.pids():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / os.sysconf("SC_CLK_TCK")
-
-    def master_peak_rss_mib(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(status.split("VmHWM:")[1].split()[0]) / 1024
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
+def wait_ready(service: GunicornProcess) -> float:
+    """Seconds from spawn to the first 200 from /health/ready (polled every 20 ms)."""
+    return service.wait_healthy(timeout=180, path="/health/ready", poll=0.02)
 
 
 def run_service(tree: Path, weights: Path, log_path: Path) -> dict:
-    service = Gunicorn(tree, weights, log_path)
+    service = start(tree, weights, log_path)
     try:
-        seconds = service.wait_ready()
+        seconds = wait_ready(service)
         ready_wall = service.spawned_wall + seconds
-        peak, cpu = service.master_peak_rss_mib(), service.cpu_seconds()
+        peak, cpu = service.peak_rss_mib(), service.cpu_seconds()
     finally:
         service.stop()
     return {"seconds": seconds, "peak_rss_mib": peak, "cpu_seconds": cpu,
@@ -186,8 +137,6 @@ def run_service(tree: Path, weights: Path, log_path: Path) -> dict:
 
 def stages(log: str, spawned: float, ready: float) -> dict:
     """Where the seconds from spawn to ready went, from the log's timestamps."""
-    from tests.helpers import log_records
-
     records = log_records(log)
 
     def when(fragment: str) -> tuple[float, str] | None:
@@ -227,11 +176,11 @@ def import_times(runs: int) -> dict:
 def pss_after_start(weights: Path, logs: Path) -> dict:
     out = {}
     for workers in (1, 4):
-        service = Gunicorn(ROOT, weights, logs / f"pss-{workers}.log", workers=workers)
+        service = start(ROOT, weights, logs / f"pss-{workers}.log", workers=workers)
         try:
-            service.wait_ready()
-            service.wait_workers_warm(workers)
-            time.sleep(2)
+            wait_ready(service)
+            service.wait_for_log("warmed up", count=workers)
+            time.sleep(smoke_or(2, 0))
             pids = service.pids()
             out[workers] = {"pss_mib": sum(pss_kib(pid) for pid in pids) / 1024, "processes": len(pids)}
         finally:
@@ -275,11 +224,9 @@ def main() -> None:
                   "cpus": len(os.sched_getaffinity(0)), "runs": runs,
                   "imports": import_times(args.runs), "pss": pss_after_start(converted, scratch)}
 
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / f"{args.out}.json").write_text(json.dumps(report, indent=2))
+    results_file(f"{args.out}.json").write_text(json.dumps(report, indent=2))
     markdown = render(report)
-    (out_dir / f"{args.out}.md").write_text(markdown)
+    results_file(f"{args.out}.md").write_text(markdown)
     print(markdown)
 
 
@@ -290,7 +237,7 @@ def render(report: dict) -> str:
     cache = ("evicted from the page cache before every start" if report.get("cold_file")
              else "in the page cache (warm)")
     lines = [
-        f"Cold start, {report['cpus']} CPUs, checkpoint `{report['checkpoint']}` (random ViT-B-32, real size) "
+        f"Cold start, {report['cpus']} CPUs, checkpoint `{report['checkpoint']}` (random {MODEL}, real size) "
         f"{cache}; {len(runs['naive'])} alternating starts of each.", "",
         "| start | seconds (each start) | median | vs naive | CPU seconds (median) | peak RSS while loading "
         "(MiB, median) |",

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import best_of, checkpoint, make_texts  # noqa: E402
+from bench.harness import MODEL, best_of, checkpoint, make_texts, results_file  # noqa: E402
 
 TEXTS = make_texts(512)
 
@@ -44,13 +44,13 @@ def main() -> None:
 
     lines = [f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", ""]
     ck = str(checkpoint())
-    cpu = ClipEmbedder.load("ViT-B-32", ck, "cpu")
-    gpu = ClipEmbedder.load("ViT-B-32", ck, "auto")
+    cpu = ClipEmbedder.load(MODEL, ck, "cpu")
+    gpu = ClipEmbedder.load(MODEL, ck, "auto")
     lines.append(f"CLIP_DEVICE=auto picked {gpu.device}; prepacked blocks on GPU: {gpu.prepacked_blocks} "
                  f"(CPU: {cpu.prepacked_blocks})")
-    reference, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=ck, device="cuda")
+    reference, _, _ = open_clip.create_model_and_transforms(MODEL, pretrained=ck, device="cuda")
     reference.eval()
-    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    tokenizer = open_clip.get_tokenizer(MODEL)
 
     lines += ["", "| check | max abs difference |", "| --- | ---: |"]
     for count in (1, 3, 40, 200):  # trimmed, trimmed, packed, packed over several max_batch passes
@@ -70,7 +70,7 @@ def main() -> None:
     lines.append(f"| 8 images: service on GPU vs service on CPU | {np.abs(ours - cpu.embed_images(images)).max():.2e} |")
 
     # The real app, configured from the environment as a deployment would be.
-    os.environ.update({"CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": ck, "CLIP_DEVICE": "auto"})
+    os.environ.update({"CLIP_MODEL": MODEL, "CLIP_PRETRAINED": ck, "CLIP_DEVICE": "auto"})
     client = create_app({"TESTING": True}).test_client()
     texts = TEXTS[:5]
     response = client.post("/embed/text", json={"texts": texts})
@@ -99,8 +99,7 @@ def main() -> None:
               f"| service embed_images, same images | {64 / served_images:.0f} |"]
     report = "\n".join(lines) + "\n"
     print(report)
-    out = Path(__file__).resolve().parent / "results" / "gpu.md"
-    out.write_text(report)
+    results_file("gpu.md").write_text(report)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "gpu.md").write_text(report)
 

@@ -1,15 +1,21 @@
-"""Pieces shared by the benchmarks: a fixed checkpoint, a photo server, a Gunicorn to measure, load loops."""
+"""What the benchmarks share beyond tests/support/: their model, photos, texts, a started service, load loops.
+
+Gunicorn, the photo server and the checkpoint writer are the tests' own (tests/support/): one harness.
+The environment sets up a run:
+
+    BENCH_MODEL     the open_clip architecture (default ViT-B-32, the service's own default)
+    BENCH_SMOKE=1   each script's smallest case, on ViT-S-32-alt unless BENCH_MODEL says otherwise
+                    (tests/test_bench_smoke.py runs every script so)
+    BENCH_RESULTS   where results go (default bench/results; a smoke run's: bench/.cache/smoke-results)
+    BENCH_CACHE     where checkpoints are kept between runs (default bench/.cache)
+    BENCH_PHOTOS    the photographs (default ../shared/images: large/, orig/, photo640/)
+"""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,14 +23,27 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "bench" / ".cache"
+from tests.support.gunicorn import ROOT, GunicornProcess
+from tests.support.image_server import ImageServer
+
+SMOKE = os.environ.get("BENCH_SMOKE") == "1"
+# The smallest built-in ViT that open_clip's fast path and the converter cover like ViT-B-32 (about a
+# quarter of its compute): a smoke run exercises the same code in seconds.
+MODEL = os.environ.get("BENCH_MODEL") or ("ViT-S-32-alt" if SMOKE else "ViT-B-32")
+CACHE = Path(os.environ.get("BENCH_CACHE", ROOT / "bench" / ".cache"))
+# A smoke run's figures mean nothing: by default they stay out of bench/results.
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or (CACHE / "smoke-results" if SMOKE else ROOT / "bench" / "results"))
 PHOTOS = Path(os.environ.get("BENCH_PHOTOS", ROOT.parent / "shared" / "images"))
 
 
 WORDS = ("cat dog sunset beach mountain city street car red blue small large old new photo of a the "
          "with on in near under wooden metal glass painting drawing portrait landscape river forest "
          "snow rain night day happy child woman man bicycle train boat flower garden kitchen").split()
+
+
+def smoke_or(full, smoke):
+    """``smoke`` in a smoke run (BENCH_SMOKE=1), else ``full``."""
+    return smoke if SMOKE else full
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -36,134 +55,54 @@ def best_of(fn, rounds: int = 5) -> float:
     """The fastest of ``rounds`` timed calls of ``fn`` (seconds), after one untimed warm-up call."""
     fn()
     times = []
-    for _ in range(rounds):
+    for _ in range(smoke_or(rounds, 1)):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
     return min(times)
 
 
-def checkpoint(model_name: str = "ViT-B-32", seed: int = 0) -> Path:
-    """A fixed-seed random checkpoint of the real architecture (hub weights are out of reach here)."""
+def checkpoint(model_name: str = MODEL, seed: int = 0) -> Path:
+    """A fixed-seed random checkpoint of the real architecture (hub weights are out of reach here), kept in CACHE."""
+    from tests.support.checkpoints import write_random_checkpoint  # imports torch: only when one is needed
+
     path = CACHE / f"{model_name}-seed{seed}.pt"
     if not path.exists():
-        import open_clip
-        import torch
-
         CACHE.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(seed)
-        torch.save(open_clip.create_model(model_name).state_dict(), path)
+        write_random_checkpoint(model_name, path, seed)
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def results_file(name: str) -> Path:
+    """``RESULTS/name``, its folder made."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return RESULTS / name
 
 
-class PhotoServer:
-    """Serve PHOTOS over HTTP on 127.0.0.1 (a static file server in a thread)."""
-
-    def __init__(self):
-        handler = functools.partial(_QuietHandler, directory=str(PHOTOS))
-        self.httpd = _PhotoHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, relative: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{relative}"
-
-    def urls(self, folder: str) -> list[str]:
-        return [self.url(f"{folder}/{p.name}") for p in sorted((PHOTOS / folder).iterdir())]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
+def photo_server() -> ImageServer:
+    """PHOTOS over HTTP on 127.0.0.1, started; ``url("/photo640/x.jpg")`` names a file."""
+    return ImageServer(directory=PHOTOS).start()
 
 
-class _PhotoHTTPServer(http.server.ThreadingHTTPServer):
-    # socketserver's default backlog of 5 drops concurrent connects, and each
-    # dropped SYN costs the client a 1 s retransmit: a web server has hundreds.
-    request_queue_size = 256
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-class Service:
-    """``gunicorn wsgi:app`` on 127.0.0.1 with the benchmark checkpoint and ``env`` on top."""
-
-    def __init__(self, env: dict[str, str], photo_port: int | None = None, cwd: Path | None = None):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        full = {**os.environ, "CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": str(checkpoint()),
-                "HF_HUB_OFFLINE": "1", "LOG_LEVEL": "WARNING", **env}
-        if photo_port:
-            full["CLIP_FETCH_ALLOW"] = f"127.0.0.1:{photo_port}"
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{self.port}",
-             "--access-logfile", "/dev/null"],
-            cwd=cwd or ROOT, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.startup_seconds = self._wait_healthy()
-
-    def _wait_healthy(self, timeout: float = 180) -> float:
-        while time.monotonic() - self.started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if requests.get(self.base + "/health", timeout=1).status_code == 200:
-                    return time.monotonic() - self.started
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("gunicorn did not become healthy")
-
-    def pids(self) -> list[int]:
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return [self.proc.pid] + [int(c) for c in children]
-
-    def pss_mib(self) -> float:
-        """Total proportional set size of master + workers (shared pages split between them)."""
-        return sum(pss_kib(pid) for pid in self.pids()) / 1024
-
-    def rss_mib(self) -> dict[int, float]:
-        return {pid: rss_kib(pid) / 1024 for pid in self.pids()}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def _status_field(path: str, name: str) -> int:
+def start_service(env: dict[str, str], photo_port: int | None = None, cwd: Path | None = None) -> GunicornProcess:
+    """``gunicorn wsgi:app`` (from ``cwd``, another checkout) with the benchmark checkpoint and ``env`` on top,
+    healthy; its ``startup_seconds`` are spawn to the first 200 from /health."""
+    full = {"CLIP_MODEL": MODEL, "CLIP_PRETRAINED": str(checkpoint()), "LOG_LEVEL": "WARNING", **env}
+    if photo_port:
+        full["CLIP_FETCH_ALLOW"] = f"127.0.0.1:{photo_port}"
+    service = GunicornProcess(full, extra_args=("--access-logfile", "/dev/null"), cwd=cwd or ROOT)
     try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def pss_kib(pid: int) -> int:
-    return _status_field(f"/proc/{pid}/smaps_rollup", "Pss")
-
-
-def rss_kib(pid: int) -> int:
-    return _status_field(f"/proc/{pid}/status", "VmRSS")
+        service.wait_healthy(timeout=180)
+    except BaseException:
+        service.stop()
+        raise
+    return service
 
 
 class MemorySampler:
     """Sample a service's total PSS every 0.2 s; keep the peak."""
 
-    def __init__(self, service: Service):
+    def __init__(self, service: GunicornProcess):
         self.peak = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(service,), daemon=True)
@@ -184,7 +123,10 @@ class MemorySampler:
 
 def run_load(send, *, clients: int, requests_total: int, items_per_request: int,
              max_seconds: float = 60) -> dict:
-    """``clients`` threads call ``send(session)`` until ``requests_total`` are done (or time runs out)."""
+    """``clients`` threads call ``send(session)`` until ``requests_total`` are done (or time runs out).
+
+    A smoke run sends at most two requests per client."""
+    requests_total = smoke_or(requests_total, min(requests_total, 2 * clients))
     latencies: list[float] = []
     lock = threading.Lock()
     counter = iter(range(requests_total))

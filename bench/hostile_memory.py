@@ -25,47 +25,38 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, Service  # noqa: E402
+from bench.harness import MODEL, ROOT, results_file, smoke_or, start_service  # noqa: E402
+from tests.support.gunicorn import status_kib  # noqa: E402
+from tests.support.image_server import ImageServer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SIDE = 7000
-
-
-def _kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+SIDE = smoke_or(7000, 500)
 
 
 def serve_images():
-    sys.path.insert(0, str(ROOT))
-    from tests.support.image_server import ImageServer
-
     image = Image.new("RGB", (SIDE, SIDE), (200, 30, 30))
     files = {}
     for fmt, save, options in (("png", image, {}), ("gif", image.convert("P"), {}), ("webp", image, {"lossless": True})):
         buffer = io.BytesIO()
         save.save(buffer, fmt.upper(), **options)
         files[fmt] = buffer.getvalue()
-    server = ImageServer().__enter__()
+    server = ImageServer().start()
     for fmt, data in files.items():
         server.add(f"/big.{fmt}", data, f"image/{fmt}")
     return server, {fmt: len(data) for fmt, data in files.items()}
 
 
 def measure(images, requests_: list[list[str]]) -> dict:
-    svc = Service({"CLIP_CACHE_MB": "0"}, photo_port=images.port)
+    svc = start_service({"CLIP_CACHE_MB": "0"}, photo_port=images.port)
     try:
         worker = svc.pids()[1]
         requests.post(svc.base + "/embed/text", json={"texts": ["warm"]}, timeout=60)
-        idle = _kib(worker, "VmRSS") / 1024
+        idle = status_kib(worker, "VmRSS") / 1024
         started = time.monotonic()
         with ThreadPoolExecutor(len(requests_)) as pool:
             answers = list(pool.map(lambda urls: requests.post(svc.base + "/embed/image", json={"urls": urls},
                                                                timeout=600), requests_))
         seconds = time.monotonic() - started
-        peak = _kib(worker, "VmHWM") / 1024
+        peak = status_kib(worker, "VmHWM") / 1024
         codes, vectors = {}, 0
         for answer in answers:
             body = answer.json() if answer.status_code == 200 else {"errors": [], "embeddings": []}
@@ -97,9 +88,9 @@ def main() -> None:
                 results[f"4 x 64 {fmt.upper()} URLs"] = measure(images, batches)
                 print(fmt, json.dumps(results[f"4 x 64 {fmt.upper()} URLs"]), flush=True)
     finally:
-        images.__exit__(None, None, None)
+        images.close()
     lines = [f"# Worker peak RSS under hostile image requests (commit {commit})", "",
-             f"`python bench/hostile_memory.py`, {time.strftime('%Y-%m-%d')}, fixed-seed random ViT-B-32, "
+             f"`python bench/hostile_memory.py`, {time.strftime('%Y-%m-%d')}, fixed-seed random {MODEL}, "
              "defaults (decode budget 400 MiB), cache off.", "",
              "| scenario | idle RSS (MiB) | peak RSS (MiB) | peak - idle | time (s) | vectors | per-item errors |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -107,9 +98,8 @@ def main() -> None:
         if isinstance(r, dict) and "peak_mib" in r:
             lines.append(f"| {name} | {r['idle_mib']:.0f} | {r['peak_mib']:.0f} | {r['peak_mib'] - r['idle_mib']:.0f} | "
                          f"{r['seconds']:.1f} | {r['vectors']} | {r['errors'] or '-'} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"hostile_memory{'' if commit else ''}.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "hostile_memory.json").write_text(json.dumps(results, indent=2))
+    results_file("hostile_memory.md").write_text("\n".join(lines) + "\n")
+    results_file("hostile_memory.json").write_text(json.dumps(results, indent=2))
     print("\n".join(lines))
 
 

@@ -1,6 +1,7 @@
 """A lone request's use of the cores, side by side in one run: this service, the code before, the seed, open_clip.
 
     python bench/lone_request.py [--rounds 3]   # writes bench/results/lone_request.md and .json
+    python bench/lone_request.py --alone        # this checkout only: no worktrees of the earlier commits
 
 Issue #15 part 2. Three services run one after another, in a rotating order for ``--rounds`` rounds
 (each figure is the median round), on the same checkpoint (fixed-seed random ViT-B-32), photos and machine:
@@ -29,13 +30,25 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import PHOTOS, ROOT, PhotoServer, Service, checkpoint, make_texts, run_load  # noqa: E402
+from bench.harness import (  # noqa: E402
+    MODEL,
+    PHOTOS,
+    ROOT,
+    checkpoint,
+    make_texts,
+    photo_server,
+    results_file,
+    run_load,
+    smoke_or,
+    start_service,
+)
 from clip_service.model.prepacked import bf16_native  # noqa: E402
+from tests.support.image_server import ImageServer  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 COMMITS = {"before": "2379a78", "seed": "f558a89"}
 TEXTS = make_texts(512)
-SMALL = [f"photo640/{p.name}" for p in sorted((PHOTOS / "photo640").iterdir())] + ["orig/rocket.jpg", "orig/retina.jpg"]
+SMALL = [f"/photo640/{p.name}" for p in sorted((PHOTOS / "photo640").iterdir())] + ["/orig/rocket.jpg",
+                                                                                     "/orig/retina.jpg"]
 
 
 def post(session, url: str, body: dict) -> bool:
@@ -74,7 +87,7 @@ def load_scenarios(base: str, small: list[str], large: list[str], rng: random.Ra
     return todo
 
 
-def scenarios(base: str, photos: PhotoServer, large: list[str], *, full: bool) -> dict:
+def scenarios(base: str, photos: ImageServer, large: list[str], *, full: bool) -> dict:
     order = ["4 x 12 MP per request, 1 client", "single image, 8 clients"]
     if full:
         order += ["text batch 32, 2 clients", "single text, 8 clients", "image batch 16 URLs, 2 clients"]
@@ -98,7 +111,7 @@ def in_process(large_files: list[Path]) -> dict:
     from clip_service.images.decoding import decode_image
 
     torch.set_num_threads(2)
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint()))
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL, pretrained=str(checkpoint()))
     model.eval()
     data = [f.read_bytes() for f in large_files]
 
@@ -108,7 +121,7 @@ def in_process(large_files: list[Path]) -> dict:
             model.encode_image(pixels, normalize=True)
 
     once()
-    started, rounds = time.perf_counter(), 6
+    started, rounds = time.perf_counter(), smoke_or(6, 1)
     for _ in range(rounds):
         once()
     return {"items_per_s": len(data) * rounds / (time.perf_counter() - started)}
@@ -124,7 +137,7 @@ def model_ceiling(runners: int = 2, batch: int = 4, rounds: int = 8, precision: 
 
     from clip_service.model.embedder import ClipEmbedder
 
-    embedder = ClipEmbedder.load("ViT-B-32", str(checkpoint()), "cpu", precision=precision)
+    embedder = ClipEmbedder.load(MODEL, str(checkpoint()), "cpu", precision=precision)
     pixels = torch.randn(batch, 3, 224, 224)
 
     def run():
@@ -133,6 +146,7 @@ def model_ceiling(runners: int = 2, batch: int = 4, rounds: int = 8, precision: 
             for _ in range(rounds):
                 embedder._encode_pixels(pixels)
 
+    rounds = smoke_or(rounds, 1)
     run()  # warm-up
     threads = [threading.Thread(target=run) for _ in range(runners)]
     started = time.perf_counter()
@@ -159,20 +173,22 @@ def median_run(results: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three services, in a rotating order")
-    rounds = parser.parse_args().rounds
+    parser.add_argument("--alone", action="store_true", help="this checkout only, not the earlier commits")
+    args = parser.parse_args()
+    rounds = args.rounds
     checkpoint()
-    photos = PhotoServer()
-    report: dict = {"commits": COMMITS}
+    photos = photo_server()
+    report: dict = {"commits": {} if args.alone else COMMITS}
     trees = {}
     try:
         with tempfile.TemporaryDirectory(dir=PHOTOS) as folder:
             names = large_photos(Path(folder))
-            large = [photos.url(f"{Path(folder).name}/{n}") for n in names]
+            large = [photos.url(f"/{Path(folder).name}/{n}") for n in names]
             report["in-process open_clip, draft decoding, 2 threads"] = in_process([Path(folder) / n for n in names])
             print("in-process:", report["in-process open_clip, draft decoding, 2 threads"], flush=True)
             report["model only, 2 runners x batches of 4"] = model_ceiling()
             print("model only:", report["model only, 2 runners x batches of 4"], flush=True)
-            runs: dict[str, list[dict]] = {"now": [], "before": [], "seed": []}
+            runs: dict[str, list[dict]] = {"now": [], **{label: [] for label in report["commits"]}}
             if bf16_native():
                 runs["now, bf16"] = []
                 report["model only, bf16"] = model_ceiling(precision="bf16")
@@ -184,7 +200,7 @@ def main() -> None:
                     cwd = None if label.startswith("now") else trees.setdefault(label, worktree(COMMITS[label]))
                     print(f"round {round_number + 1}, service: {label}", flush=True)
                     env = {"CLIP_CACHE_MB": "0", **({"CLIP_PRECISION": "bf16"} if label == "now, bf16" else {})}
-                    svc = Service(env, photo_port=photos.port, cwd=cwd)
+                    svc = start_service(env, photo_port=photos.port, cwd=cwd)
                     try:
                         runs[label].append(scenarios(svc.base, photos, large, full=label != "seed"))
                     finally:
@@ -196,18 +212,18 @@ def main() -> None:
         photos.close()
         for path in trees.values():
             subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, capture_output=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lone_request.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / "lone_request.md").write_text(render(report))
+    results_file("lone_request.json").write_text(json.dumps(report, indent=2))
+    results_file("lone_request.md").write_text(render(report))
     print(render(report))
 
 
 def render(report: dict) -> str:
-    now, before, seed, bf16 = report["now"], report["before"], report["seed"], report.get("now, bf16", {})
+    now, bf16 = report["now"], report.get("now, bf16", {})
+    before, seed = report.get("before", {}), report.get("seed", {})  # none with --alone
     inproc = report["in-process open_clip, draft decoding, 2 threads"]["items_per_s"]
     lines = ["# A lone request and the busy case, side by side in one run", "",
-             f"`python bench/lone_request.py`, {time.strftime('%Y-%m-%d')}, fixed-seed random ViT-B-32, 2 vCPU; "
-             f"before = {report['commits']['before']}, seed = {report['commits']['seed']}; vector cache off; "
+             f"`python bench/lone_request.py`, {time.strftime('%Y-%m-%d')}, fixed-seed random {MODEL}, 2 vCPU; "
+             + "".join(f"{label} = {commit}; " for label, commit in report["commits"].items()) + "vector cache off; "
              f"median of {report.get('rounds', 1)} rounds, the services in a rotating order.", "",
              "| scenario | now (items/s) | before | seed | now / seed | now / before | now / in-process "
              "| now, bf16 | bf16 / seed | bf16 / now |",

@@ -19,11 +19,13 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import PhotoServer, Service, run_load  # noqa: E402
+from bench.harness import photo_server, results_file, run_load, smoke_or, start_service  # noqa: E402
 from bench.throughput import BATCH_URL_FILES, TEXTS  # noqa: E402
+from tests.support.gunicorn import GunicornProcess  # noqa: E402
+from tests.support.image_server import ImageServer  # noqa: E402
 
 
-def traffic(svc: Service, photos: PhotoServer, texts: int = 40, images: int = 16) -> None:
+def traffic(svc: GunicornProcess, photos: ImageServer, texts: int = 40, images: int = 16) -> None:
     urls = [photos.url(f) for f in BATCH_URL_FILES]
 
     def send_text(session):
@@ -38,15 +40,15 @@ def traffic(svc: Service, photos: PhotoServer, texts: int = 40, images: int = 16
     run_load(send_image, clients=4, requests_total=images, items_per_request=4)
 
 
-def pss_by_workers(photos: PhotoServer) -> dict:
+def pss_by_workers(photos: ImageServer) -> dict:
     out = {}
     for workers in (1, 4):
-        svc = Service({"CLIP_WORKERS": str(workers), "CLIP_TORCH_THREADS": "1"}, photo_port=photos.port)
+        svc = start_service({"CLIP_WORKERS": str(workers), "CLIP_TORCH_THREADS": "1"}, photo_port=photos.port)
         try:
-            time.sleep(2)  # every worker has warmed up
+            time.sleep(smoke_or(2, 0))  # every worker has warmed up
             idle = svc.pss_mib()
             traffic(svc, photos)
-            time.sleep(1)
+            time.sleep(smoke_or(1, 0))  # the last responses' buffers freed
             busy = svc.pss_mib()
             out[workers] = {"startup_s": svc.startup_seconds, "pss_idle_mib": idle, "pss_after_traffic_mib": busy,
                             "processes": len(svc.pids())}
@@ -56,23 +58,23 @@ def pss_by_workers(photos: PhotoServer) -> dict:
     return out
 
 
-def startup_times(photos: PhotoServer, runs: int = 3) -> list[float]:
+def startup_times(photos: ImageServer, runs: int = 3) -> list[float]:
     times = []
     for _ in range(runs):
-        svc = Service({}, photo_port=photos.port)
+        svc = start_service({}, photo_port=photos.port)
         times.append(svc.startup_seconds)
         svc.stop()
     print(f"  start-up: {times}", flush=True)
     return times
 
 
-def worker_rss(svc: Service) -> list[float]:
+def worker_rss(svc: GunicornProcess) -> list[float]:
     return [mib for pid, mib in sorted(svc.rss_mib().items()) if pid != svc.proc.pid]
 
 
-def soak(photos: PhotoServer, total: int = 3000, step: int = 500) -> list[dict]:
+def soak(photos: ImageServer, total: int = 3000, step: int = 500) -> list[dict]:
     # Recycling off for the soak, so growth (if any) is visible rather than reset.
-    svc = Service({"CLIP_MAX_REQUESTS": "1000000"}, photo_port=photos.port)
+    svc = start_service({"CLIP_MAX_REQUESTS": "1000000"}, photo_port=photos.port)
     samples = []
     try:
         def send(session):
@@ -93,14 +95,13 @@ def soak(photos: PhotoServer, total: int = 3000, step: int = 500) -> list[dict]:
 
 
 def main() -> None:
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(exist_ok=True)
-    photos = PhotoServer()
-    report = {"pss": pss_by_workers(photos), "startup_s": startup_times(photos), "soak": soak(photos)}
+    photos = photo_server()
+    report = {"pss": pss_by_workers(photos), "startup_s": startup_times(photos, runs=smoke_or(3, 1)),
+              "soak": soak(photos, total=smoke_or(3000, 16), step=smoke_or(500, 16))}
     photos.close()
-    (out_dir / "memory.json").write_text(json.dumps(report, indent=2))
+    results_file("memory.json").write_text(json.dumps(report, indent=2))
     md = render(report)
-    (out_dir / "memory.md").write_text(md)
+    results_file("memory.md").write_text(md)
     print(md)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,19 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import PHOTOS, best_of, checkpoint, make_texts  # noqa: E402
+from bench.harness import MODEL, PHOTOS, best_of, checkpoint, make_texts, results_file, smoke_or  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def quick_gelu_checkpoint(folder: Path) -> Path:
-    import open_clip
-    import torch
-
-    path = folder / "ViT-B-32-quickgelu-seed1.pt"
-    torch.manual_seed(1)
-    torch.save(open_clip.create_model("ViT-B-32-quickgelu").state_dict(), path)
-    return path
+# The architectures compared; a smoke run takes the benchmark's model alone.
+MODELS = smoke_or({MODEL: 0, "ViT-B-32-quickgelu": 1}, {MODEL: 0})  # name: the seed of its checkpoint
 
 
 def measure(model_name: str, weights: Path) -> dict:
@@ -49,7 +39,7 @@ def measure(model_name: str, weights: Path) -> dict:
     assert embedders["bf16"].precision == "bf16"
     files = sorted(p for p in PHOTOS.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     images = [decode_image(p.read_bytes(), max_pixels=10**8, draft_size=224) for p in files]
-    texts = make_texts(512)
+    texts = make_texts(smoke_or(512, 32))
     out: dict = {"photo_count": len(images), "text_count": len(texts)}
     for kind, embed in (("images", lambda e: e.embed_images(images)), ("texts", lambda e: e.embed_texts(texts))):
         fp32, bf16 = embed(embedders["fp32"]), embed(embedders["bf16"])
@@ -95,14 +85,11 @@ def main() -> None:
         print("this CPU has no native bfloat16 products (AVX512-BF16 or AMX): nothing to measure")
         return
     report = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for model_name, weights in (("ViT-B-32", checkpoint()),
-                                    ("ViT-B-32-quickgelu", quick_gelu_checkpoint(Path(folder)))):
-            report[model_name] = measure(model_name, weights)
-            print(model_name, json.dumps(report[model_name]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "precision.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / "precision.md").write_text(render(report))
+    for model_name, seed in MODELS.items():
+        report[model_name] = measure(model_name, checkpoint(model_name, seed))
+        print(model_name, json.dumps(report[model_name]), flush=True)
+    results_file("precision.json").write_text(json.dumps(report, indent=2))
+    results_file("precision.md").write_text(render(report))
     print(render(report))
 
 

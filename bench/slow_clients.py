@@ -19,11 +19,12 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Service, best_of, make_texts, run_load  # noqa: E402
+from bench.harness import best_of, make_texts, results_file, run_load, smoke_or, start_service  # noqa: E402
+from tests.support.gunicorn import GunicornProcess  # noqa: E402
 
 WORKERS = {"gthread (Gunicorn's)": "gthread", "BufferingWorker (ours)": "clip_service.ops.worker.BufferingWorker"}
 TEXTS = make_texts(64)
-ROUNDS = 3
+ROUNDS = smoke_or(3, 1)
 BIG_BODY = orjson.dumps({"texts": ["a cat"], "padding": "x" * (20 * 1024 * 1024)})  # 20 MiB: refused with 422
 
 
@@ -39,7 +40,7 @@ def big_upload(base: str) -> None:
     assert response.status_code == 422, response.status_code
 
 
-def liveness_under_stall(svc: Service) -> float | None:
+def liveness_under_stall(svc: GunicornProcess) -> float | None:
     """Seconds for /health/live while 16 connections have sent half a request line (None: no answer in 5 s)."""
     stalled = [socket.create_connection(("127.0.0.1", svc.port)) for _ in range(16)]
     try:
@@ -57,7 +58,7 @@ def liveness_under_stall(svc: Service) -> float | None:
             sock.close()
 
 
-def measure(svc: Service) -> dict:
+def measure(svc: GunicornProcess) -> dict:
     with requests.Session() as session:
         live = best_of(lambda: session.get(svc.base + "/health/live", timeout=10), rounds=50)
     single = run_load(lambda s: post_texts(s, svc.base, TEXTS[:1]), clients=8, requests_total=200,
@@ -76,9 +77,10 @@ def measure(svc: Service) -> dict:
 def main() -> None:
     # Both run at once and are measured in turns, ROUNDS times: drift in a shared machine's load
     # then falls on both alike. Each figure is the best of its rounds.
-    services = {name: Service({"GUNICORN_CMD_ARGS": f"--worker-class {worker_class}", "CLIP_THREADS": "8"})
-                for name, worker_class in WORKERS.items()}
+    services = {}
     try:
+        for name, worker_class in WORKERS.items():
+            services[name] = start_service({"GUNICORN_CMD_ARGS": f"--worker-class {worker_class}", "CLIP_THREADS": "8"})
         rounds = []
         for _ in range(ROUNDS):
             rounds.append({name: measure(svc) for name, svc in services.items()})
@@ -96,9 +98,9 @@ def main() -> None:
     for name, seconds in stalled.items():
         lines.append(f"\n/health/live with 16 connections stalled mid request line, {name}: "
                      + ("no answer within 5 s" if seconds is None else f"{seconds * 1000:.1f} ms"))
-    out = Path(__file__).resolve().parent / "results"
-    (out / "slow_clients.json").write_text(json.dumps({"rounds": rounds, "best": best, "stalled_s": stalled}, indent=2))
-    (out / "slow_clients.md").write_text("\n".join(lines) + "\n")
+    results_file("slow_clients.json").write_text(json.dumps({"rounds": rounds, "best": best, "stalled_s": stalled},
+                                                            indent=2))
+    results_file("slow_clients.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -15,6 +15,7 @@ Prints the best of 3 passes over 200 texts per process (ms per text) and the med
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -22,13 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import ROOT, checkpoint  # noqa: E402
+from bench.harness import MODEL, ROOT, checkpoint, make_texts, smoke_or  # noqa: E402
 
+# The texts and passes come on stdin: the child imports nothing from bench/, which a --ref tree may lack.
 CHILD = r"""
-import sys, time
-tree, mode, weights = sys.argv[1:4]
+import json, sys, time
+tree, mode, model_name, weights = sys.argv[1:5]
+job = json.load(sys.stdin)
 sys.path.insert(0, tree)
-sys.path.insert(1, sys.argv[4])
 import torch
 torch.set_num_threads(1)
 try:
@@ -40,14 +42,13 @@ try:
         loading._fast_path_covers = lambda *args: False
 except ImportError:  # an older layout
     from clip_service.embedder import ClipEmbedder
-from bench.harness import make_texts
-embedder = ClipEmbedder.load("ViT-B-32", weights, "cpu")
-tokens = [embedder.tokenizer([t]) for t in make_texts(200)]
+embedder = ClipEmbedder.load(model_name, weights, "cpu")
+tokens = [embedder.tokenizer([t]) for t in job["texts"]]
 best = float("inf")
 with torch.inference_mode():
     for t in tokens[:20]:
         embedder._encode_tokens(t)
-    for _ in range(3):
+    for _ in range(job["passes"]):
         started = time.perf_counter()
         for t in tokens:
             embedder._encode_tokens(t)
@@ -57,7 +58,8 @@ print(f"{best * 1000:.3f}")
 
 
 def one(tree: Path, mode: str) -> float:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(tree), mode, str(checkpoint()), str(ROOT)],
+    job = json.dumps({"texts": make_texts(smoke_or(200, 10)), "passes": smoke_or(3, 1)})
+    out = subprocess.run([sys.executable, "-c", CHILD, str(tree), mode, MODEL, str(checkpoint())], input=job,
                          capture_output=True, text=True, check=True, cwd=tree)
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -19,12 +19,26 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import PHOTOS, MemorySampler, PhotoServer, Service, best_of, checkpoint, make_texts, run_load  # noqa: E402
+from bench.harness import (  # noqa: E402
+    MODEL,
+    PHOTOS,
+    MemorySampler,
+    best_of,
+    checkpoint,
+    make_texts,
+    photo_server,
+    results_file,
+    run_load,
+    smoke_or,
+    start_service,
+)
+from tests.support.gunicorn import GunicornProcess  # noqa: E402
+from tests.support.image_server import ImageServer  # noqa: E402
 
 TEXTS = make_texts(512)
-BATCH_URL_FILES = [f"photo640/{p.name}" for p in sorted((PHOTOS / "photo640").iterdir())] + \
-    ["orig/rocket.jpg", "orig/retina.jpg"]  # 16 JPEGs
-LARGE_FILES = [f"large/{p.name}" for p in sorted((PHOTOS / "large").iterdir())]
+BATCH_URL_FILES = [f"/photo640/{p.name}" for p in sorted((PHOTOS / "photo640").iterdir())] + \
+    ["/orig/rocket.jpg", "/orig/retina.jpg"]  # 16 JPEGs
+LARGE_FILES = [f"/large/{p.name}" for p in sorted((PHOTOS / "large").iterdir())]
 
 
 def post_json(session, url, body) -> bool:
@@ -36,7 +50,7 @@ def post_json(session, url, body) -> bool:
     return not payload.get("errors")
 
 
-def service_scenarios(svc: Service, photos: PhotoServer, *, only: tuple[str, ...] | None = None) -> dict:
+def service_scenarios(svc: GunicornProcess, photos: ImageServer, *, only: tuple[str, ...] | None = None) -> dict:
     rng = random.Random(1)
     batch_urls = [photos.url(f) for f in BATCH_URL_FILES]
     large_urls = [photos.url(f) for f in LARGE_FILES]
@@ -73,13 +87,14 @@ def in_process_baselines(threads: int) -> dict:
     from PIL import Image
 
     torch.set_num_threads(threads)
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint()))
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL, pretrained=str(checkpoint()))
     model.eval()
-    tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    images = [Image.open(PHOTOS / f).convert("RGB") for f in BATCH_URL_FILES]
+    tokenizer = open_clip.get_tokenizer(MODEL)
+    images = [Image.open(PHOTOS / f.lstrip("/")).convert("RGB") for f in BATCH_URL_FILES[:smoke_or(16, 2)]]
     results = {}
 
     def timed(fn, items: int, rounds: int) -> dict:
+        rounds = smoke_or(rounds, 1)
         fn()
         latencies = []
         for _ in range(rounds):
@@ -93,32 +108,33 @@ def in_process_baselines(threads: int) -> dict:
     from clip_service.model.text_encoding import encode_text_packed, encode_text_trimmed
 
     # The service's model: the same weights with its transformer blocks prepacked for oneDNN.
-    served, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint()))
+    served, _, _ = open_clip.create_model_and_transforms(MODEL, pretrained=str(checkpoint()))
     served.eval()
     prepacked.prepack(served)
 
-    batch = TEXTS[:32]
+    batch = TEXTS[:smoke_or(32, 4)]
+    texts, photos = len(batch), len(images)  # 32 and 16 (fewer in a smoke run)
     pixels = lambda: torch.stack([preprocess(i) for i in images])  # noqa: E731
     with torch.inference_mode():
-        results[f"open_clip encode_text, batch 32 (full 77 tokens), {threads} threads"] = timed(
-            lambda: model.encode_text(tokenizer(batch), normalize=True), 32, 10)
-        results[f"service's text encoder (packed, prepacked), batch 32 (same texts), {threads} threads"] = timed(
-            lambda: encode_text_packed(served, tokenizer(batch)), 32, 10)
+        results[f"open_clip encode_text, batch {texts} (full 77 tokens), {threads} threads"] = timed(
+            lambda: model.encode_text(tokenizer(batch), normalize=True), texts, 10)
+        results[f"service's text encoder (packed, prepacked), batch {texts} (same texts), {threads} threads"] = timed(
+            lambda: encode_text_packed(served, tokenizer(batch)), texts, 10)
         # Per core: the service runs each forward pass on one thread.
         torch.set_num_threads(1)
-        results["open_clip encode_text, batch 32 (full 77 tokens), 1 thread"] = timed(
-            lambda: model.encode_text(tokenizer(batch), normalize=True), 32, 6)
-        results["trimmed text encoder on open_clip's layers, batch 32 (same texts), 1 thread"] = timed(
-            lambda: encode_text_trimmed(model, tokenizer(batch)), 32, 10)
-        results["packed text encoder on open_clip's layers, batch 32 (same texts), 1 thread"] = timed(
-            lambda: encode_text_packed(model, tokenizer(batch)), 32, 10)
-        results["service's text encoder (packed, prepacked), batch 32 (same texts), 1 thread"] = timed(
-            lambda: encode_text_packed(served, tokenizer(batch)), 32, 10)
+        results[f"open_clip encode_text, batch {texts} (full 77 tokens), 1 thread"] = timed(
+            lambda: model.encode_text(tokenizer(batch), normalize=True), texts, 6)
+        results[f"trimmed text encoder on open_clip's layers, batch {texts} (same texts), 1 thread"] = timed(
+            lambda: encode_text_trimmed(model, tokenizer(batch)), texts, 10)
+        results[f"packed text encoder on open_clip's layers, batch {texts} (same texts), 1 thread"] = timed(
+            lambda: encode_text_packed(model, tokenizer(batch)), texts, 10)
+        results[f"service's text encoder (packed, prepacked), batch {texts} (same texts), 1 thread"] = timed(
+            lambda: encode_text_packed(served, tokenizer(batch)), texts, 10)
         torch.set_num_threads(threads)
-        results[f"open_clip preprocess + encode_image, batch 16, {threads} threads"] = timed(
-            lambda: model.encode_image(pixels(), normalize=True), 16, 6)
-        results[f"open_clip preprocess + prepacked encode_image, batch 16, {threads} threads"] = timed(
-            lambda: served.encode_image(pixels(), normalize=True), 16, 6)
+        results[f"open_clip preprocess + encode_image, batch {photos}, {threads} threads"] = timed(
+            lambda: model.encode_image(pixels(), normalize=True), photos, 6)
+        results[f"open_clip preprocess + prepacked encode_image, batch {photos}, {threads} threads"] = timed(
+            lambda: served.encode_image(pixels(), normalize=True), photos, 6)
     for name, value in results.items():
         print(f"  {name}: {value}", flush=True)
     return results
@@ -145,17 +161,18 @@ def decode_microbench() -> dict:
     from clip_service.images.decoding import decode_image
 
     torch.set_num_threads(1)
-    model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(checkpoint()))
+    model, _, preprocess = open_clip.create_model_and_transforms(MODEL, pretrained=str(checkpoint()))
     model.eval()
     out = {}
     full_t, draft_t, cosines = [], [], []
     for f in LARGE_FILES:
-        data = (PHOTOS / f).read_bytes()
+        data = (PHOTOS / f.lstrip("/")).read_bytes()
+        repeats = smoke_or(3, 1)
         for draft, bucket in ((None, full_t), (224, draft_t)):
             started = time.perf_counter()
-            for _ in range(3):
+            for _ in range(repeats):
                 preprocess(decode_image(data, max_pixels=10**8, draft_size=draft))
-            bucket.append((time.perf_counter() - started) / 3)
+            bucket.append((time.perf_counter() - started) / repeats)
         with torch.inference_mode():
             a = model.encode_image(preprocess(decode_image(data, max_pixels=10**8))[None], normalize=True)
             b = model.encode_image(preprocess(decode_image(data, max_pixels=10**8, draft_size=224))[None],
@@ -168,10 +185,8 @@ def decode_microbench() -> dict:
 
 
 def main() -> None:
-    out_dir = Path(__file__).resolve().parent / "results"
-    out_dir.mkdir(exist_ok=True)
     checkpoint()
-    photos = PhotoServer()
+    photos = photo_server()
     report: dict = {}
 
     print("in-process open_clip (2 torch threads: both cores)", flush=True)
@@ -199,10 +214,10 @@ def main() -> None:
                                         "image batch 16 URLs, 2 clients", "single image, 8 clients"),
     }
     report["service"] = {}
-    for name, env in configs.items():
+    for name, env in smoke_or(configs, {next(iter(configs)): default}).items():  # a smoke run: the default only
         print(f"service: {name}", flush=True)
         # The vector cache off: the scenarios repeat texts and photos, and measure the model's path.
-        svc = Service({"CLIP_CACHE_MB": "0", **env}, photo_port=photos.port)
+        svc = start_service({"CLIP_CACHE_MB": "0", **env}, photo_port=photos.port)
         sampler = MemorySampler(svc)
         try:
             results = service_scenarios(svc, photos, only=subsets.get(name))
@@ -212,8 +227,8 @@ def main() -> None:
         report["service"][name] = {"startup_s": svc.startup_seconds, "peak_pss_mib": peak, "scenarios": results}
 
     photos.close()
-    (out_dir / "throughput.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "throughput.md").write_text(render(report))
+    results_file("throughput.json").write_text(json.dumps(report, indent=2))
+    results_file("throughput.md").write_text(render(report))
     print(render(report))
 
 

@@ -21,10 +21,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import PHOTOS, PhotoServer, Service, make_texts  # noqa: E402
+from bench.harness import MODEL, PHOTOS, make_texts, photo_server, results_file, smoke_or, start_service  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-REPEATS = 10
+REPEATS = smoke_or(10, 1)
 
 
 def classify(base: str, url: str, labels: list[str], template) -> float:
@@ -38,14 +37,15 @@ def classify(base: str, url: str, labels: list[str], template) -> float:
 
 
 def run() -> dict:
-    photos = PhotoServer()
-    url = photos.url("photo640/" + sorted(p.name for p in (PHOTOS / "photo640").iterdir())[0])
+    photos = photo_server()
+    url = photos.url("/photo640/" + sorted(p.name for p in (PHOTOS / "photo640").iterdir())[0])
     results = {}
     # The general vector cache is off, so the first call is a real first call for every label.
-    svc = Service({"CLIP_CACHE_MB": "0"}, photo_port=photos.port)
+    svc = start_service({"CLIP_CACHE_MB": "0"}, photo_port=photos.port)
     try:
-        for name, template, count, seed in (("1,000 labels x 1 template", "a photo of {}.", 1000, 11),
-                                            ("500 labels x simple_imagenet (7)", "simple_imagenet", 500, 12)):
+        for name, template, count, seed in (("1,000 labels x 1 template", "a photo of {}.", smoke_or(1000, 20), 11),
+                                            ("500 labels x simple_imagenet (7)", "simple_imagenet", smoke_or(500, 10),
+                                             12)):
             labels = list(dict.fromkeys(make_texts(2 * count, seed=seed)))[:count]
             first = classify(svc.base, url, labels, template)
             repeats = [classify(svc.base, url, labels, template) for _ in range(REPEATS)]
@@ -60,7 +60,7 @@ def run() -> dict:
 
 def write(results: dict) -> None:
     lines = ["# /classify: one image against many labels, first call versus repeated calls", "",
-             f"`python bench/zeroshot.py`, {time.strftime('%Y-%m-%d')}, fixed-seed random ViT-B-32, 1 worker, "
+             f"`python bench/zeroshot.py`, {time.strftime('%Y-%m-%d')}, fixed-seed random {MODEL}, 1 worker, "
              f"the vector cache off (`CLIP_CACHE_MB=0`), the label cache on (default); median of {REPEATS} "
              "repeats.", "",
              "| labels x templates | first call (s) | repeated call, median (s) | first / repeated |",
@@ -68,8 +68,8 @@ def write(results: dict) -> None:
     for name, r in results.items():
         lines.append(f"| {name} | {r['first_s']:.2f} | {r['repeat_median_s']:.3f} | "
                      f"**{r['first_s'] / r['repeat_median_s']:.0f}x** |")
-    (RESULTS / "zeroshot.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "zeroshot.json").write_text(json.dumps(results, indent=2))
+    results_file("zeroshot.md").write_text("\n".join(lines) + "\n")
+    results_file("zeroshot.json").write_text(json.dumps(results, indent=2))
     print("\n".join(lines))
 
 

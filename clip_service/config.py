@@ -61,6 +61,9 @@ class ModelSettings:
     pretrained: str = _setting("laion400m_e32", "open_clip pretrained tag, or a path to a local checkpoint file")
     device: str = _setting("auto", "auto, cpu or cuda (auto picks CUDA when present)")
     cache_dir: str = _setting("", "where open_clip caches downloaded weights ('' = its default)")
+    tokenizer: str = _setting("", "a local directory holding the model's Hugging Face tokenizer (tokenizer.json), "
+                                  "for SigLIP and SigLIP2, whose tokenizers live on the model hub ('' = the hub, "
+                                  "through its cache); other models use open_clip's own and ignore it")
     onednn_prepack: bool = _setting(True, "on CPU, run the transformers' matrix products through oneDNN with "
                                           "weights prepacked at load (same vectors, 1.2-1.7x faster)")
     precision: str = _setting("fp32", "fp32 (open_clip's vectors), bf16: on a CPU with native bfloat16 "

@@ -27,10 +27,12 @@ from .images.fetcher import ImageFetcher
 from .images.sources import describe
 from .model.embedder import ClipEmbedder
 from .model.tokenizer import token_count
-from .zeroshot import Templates, best_first, ensemble, softmax
+from .zeroshot import Templates, best_first, ensemble, probabilities
 
-# What /rank may order candidates by.
-RANK_SCORES = ("cosine", "softmax")
+# What /rank may order candidates by: the cosine, the model's own probabilities ("probability": a
+# softmax over the candidates for CLIP, a sigmoid each for SigLIP), or one of those named, which must
+# be the model's (a softmax of a sigmoid-trained model's logits is not what it learned, nor the reverse).
+RANK_SCORES = ("cosine", "probability", "softmax", "sigmoid")
 # Labels whose prompts' token digests same_labels keeps, so a label set sent again is not tokenized
 # again: twenty sets of 1,000 labels, a few MB (each entry holds its label).
 LABEL_DIGESTS = 20_000
@@ -86,7 +88,7 @@ class LabelScore:
     """One candidate label for one image."""
 
     label: str
-    probability: float  # softmax over the labels of logit scale x cosine
+    probability: float  # the model's own: softmax over the labels (CLIP) or a sigmoid each (SigLIP); ModelInfo.scores
     cosine: float
 
 
@@ -108,6 +110,10 @@ class Ranked:
 class Ranking:
     results: list[Ranked]  # best first, at most top_n; failed candidates left out
     failures: list[ItemFailure] = field(default_factory=list)
+
+
+class WrongObjective(ValueError):
+    """/rank asked for softmax scores of a sigmoid-trained model (SigLIP), or sigmoid scores of a contrastive one."""
 
 
 class QueryFailed(Exception):
@@ -272,27 +278,30 @@ class EmbeddingPipeline:
             label_job = pool.submit(contextvars.copy_context().run, self.label_vectors, labels, templates)
             images = self.embed_images(sources)
             label_matrix = label_job.result()
-        scale = self.embedder.logit_scale
         scored: list[list[LabelScore] | None] = []
         for vector in images.vectors:
             if vector is None:
                 scored.append(None)
                 continue
             cosines = label_matrix @ vector
-            probabilities = softmax(cosines, scale)
-            scored.append([LabelScore(labels[i], float(probabilities[i]), float(cosines[i]))
-                           for i in best_first(probabilities)])
+            scores = self._probabilities(cosines)
+            scored.append([LabelScore(labels[i], float(scores[i]), float(cosines[i])) for i in best_first(scores)])
         return Classification(scored, images.failures)
 
     def rank(self, query: str | ImageSource, candidates: Sequence, *, query_is_image: bool, by: str,
              top_n: int | None = None) -> Ranking:
         """Order candidate images against a text query, or candidate texts against an image query, best first.
 
-        ``by`` is one of RANK_SCORES: the cosine, or the softmax over the
-        candidates that did not fail of logit scale x cosine.
+        ``by`` is one of RANK_SCORES: the cosine, or the model's probabilities
+        (over the candidates that did not fail, for a softmax); ``softmax`` or
+        ``sigmoid`` by name must be the model's own (else WrongObjective).
         """
         if by not in RANK_SCORES:
             raise ValueError(f"by must be one of {RANK_SCORES}, not {by!r}")
+        objective = self.embedder.scores
+        if by in ("softmax", "sigmoid") and by != objective:
+            raise WrongObjective(f"{self.embedder.model_name} was trained with a {objective} objective: its "
+                                 f"probabilities are scores={objective} (or probability), not {by}")
         if query_is_image:
             texts, images = self.embed_mixed(list(candidates), [query])
             if images.failures:
@@ -304,12 +313,16 @@ class EmbeddingPipeline:
             query_vector, candidate_vectors, failures = texts.vectors[0], images.vectors, images.failures
         cosines = np.array([np.nan if v is None else float(v @ query_vector) for v in candidate_vectors])
         scores = cosines
-        if by == "softmax":
+        if by != "cosine":
             good = ~np.isnan(cosines)
             scores = np.full(len(cosines), np.nan)
             if good.any():
-                scores[good] = softmax(cosines[good], self.embedder.logit_scale)
+                scores[good] = self._probabilities(cosines[good])
         return Ranking([Ranked(i, float(scores[i])) for i in best_first(scores, top_n)], failures)
+
+    def _probabilities(self, cosines: np.ndarray) -> np.ndarray:
+        embedder = self.embedder
+        return probabilities(cosines, embedder.scores, embedder.logit_scale, embedder.logit_bias)
 
     def _model_input(self, data: bytes, deadline: float) -> "_Prepared":
         # Runs in the download thread: a cached vector needs no decoding at all, and a

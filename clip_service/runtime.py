@@ -26,7 +26,7 @@ def build_pipeline(settings: Settings, *, embedder: ClipEmbedder | None = None,
     if embedder is None:
         embedder = ClipEmbedder.load(model.name, model.pretrained, model.device, cache_dir=model.cache_dir,
                                      max_batch=batching.max_batch, prepack=model.onednn_prepack,
-                                     precision=model.precision)
+                                     precision=model.precision, tokenizer_dir=model.tokenizer)
     embedder.configure(parallel_forwards=batching.runners, batching=batching.enabled, max_queue=batching.max_queue,
                        window_s=batching.window_ms / 1000, dwell_s=batching.dwell_ms / 1000)
     if fetcher is None:

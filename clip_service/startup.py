@@ -63,11 +63,11 @@ def settings_or_exit(environ: Mapping[str, str] | None = None, stream: TextIO | 
 def app_or_exit() -> "Flask":
     """The app of ``create_app()`` (with the settings already read, if any), or one line and an exit status."""
     from .app import create_app
-    from .model.errors import ModelLoadError
+    from .model.errors import ModelLoadError, UnsupportedModelError
 
     try:
         return create_app(settings=_read_from_environment)
-    except ConfigError as exc:
+    except (ConfigError, UnsupportedModelError) as exc:  # a model the service does not serve is a setting to change
         refuse_to_start(exc, EXIT_BAD_SETTINGS)
     except ModelLoadError as exc:
         # A short reason and a non-zero exit beat a traceback or, worse, random weights.

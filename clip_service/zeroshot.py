@@ -1,9 +1,13 @@
-"""Zero-shot labelling and ranking arithmetic: prompt templates, ensembled label vectors, CLIP's softmax, best first.
+"""Zero-shot labelling and ranking arithmetic: prompt templates, ensembled label vectors, the model's scores, best first.
 
 Framework-free and model-free: the pipeline embeds, this module says what to
 embed and how to score it, exactly as open_clip's zero-shot evaluation does
 (``build_zero_shot_classifier``: each template's text vector normalised, the
-mean over templates normalised again; logits = logit scale x cosine).
+mean over templates normalised again; logits = logit scale x cosine). The
+scores follow the model's training objective (``probabilities``): a softmax
+over the candidates for contrastive CLIP, an independent sigmoid of logits +
+logit bias per candidate for SigLIP (as open_clip's SigLIP loss and Hugging
+Face's zero-shot pipeline compute them), which need not sum to 1.
 """
 
 from __future__ import annotations
@@ -71,6 +75,22 @@ def softmax(cosines: np.ndarray, logit_scale: float) -> np.ndarray:
     logits -= logits.max(axis=-1, keepdims=True)
     weights = np.exp(logits)
     return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(cosines: np.ndarray, logit_scale: float, logit_bias: float) -> np.ndarray:
+    """SigLIP's probabilities: sigmoid(logit scale x cosine + logit bias), each candidate on its own."""
+    logits = logit_scale * cosines.astype(np.float64) + logit_bias
+    # exp of a large positive logit overflows; 1 / (1 + exp(-x)) written both ways stays finite.
+    return np.where(logits >= 0, 1 / (1 + np.exp(-np.abs(logits))), np.exp(-np.abs(logits)) / (1 + np.exp(-np.abs(logits))))
+
+
+def probabilities(cosines: np.ndarray, objective: str, logit_scale: float, logit_bias: float | None) -> np.ndarray:
+    """The model's own scores over the last axis: ``softmax`` (CLIP) or ``sigmoid`` (SigLIP, with its bias)."""
+    if objective == "sigmoid":
+        return sigmoid(cosines, logit_scale, logit_bias or 0.0)
+    if objective == "softmax":
+        return softmax(cosines, logit_scale)
+    raise ValueError(f"objective must be softmax or sigmoid, not {objective!r}")
 
 
 def best_first(scores: np.ndarray, top_n: int | None = None) -> list[int]:

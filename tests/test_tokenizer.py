@@ -124,7 +124,7 @@ def test_a_full_request_of_worst_case_words_stays_fast(tiny_embedder):
 
 @pytest.mark.parametrize("model_name, shares", [
     ("ViT-B-32", True), ("ViT-B-32-quickgelu", True), ("ViT-L-14", True), ("RN50", True), (TINY_MODEL, True),
-    ("PE-Core-B-16", False), ("ViT-B-16-SigLIP", False), ("coca_ViT-B-32", False), ("mt5-base-ViT-B-32", False)])
+    ("PE-Core-B-16", False), ("coca_ViT-B-32", False)])  # SigLIP's Hugging Face tokenizers: test_families.py
 def test_a_models_tokenizer_is_open_clips_and_shares_the_vocabulary_only_when_it_is_the_same(model_name, shares):
     """``for_model`` uses the SimpleTokenizer ``import open_clip`` built only where ``get_tokenizer`` builds the
     same one (the tokens are then compared); otherwise it leaves the choice to ``get_tokenizer``."""

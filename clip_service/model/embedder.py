@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import prepacked
+from . import families, prepacked
 from .batching import Expected, MicroBatcher
 from .loading import load_model, resolve_device
 from .tags import pretrained_label
-from .text_encoding import encode_text_packed, encode_text_trimmed, supports_text_packing, supports_text_trimming
+from .text_encoding import encode_text_packed, encode_text_trimmed, text_path_refusals
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,9 @@ class ClipEmbedder:
         self.model_name, self.pretrained = model_name, pretrained
         self.device = device
         self.max_batch = max_batch
-        self.dimensions = int(_embed_dim(model))
+        self.dimensions = int(_embed_dim(model, tokenizer))
+        # How /classify and /rank score: softmax (contrastive CLIP) or sigmoid (SigLIP), families.py.
+        self.scores = families.scores(model)
         # Transformer blocks whose matrix products run through oneDNN (prepacked.py).
         self.prepacked_blocks = sum(isinstance(module, prepacked.PrepackedSelfAttention)
                                     for module in model.modules())
@@ -54,9 +56,13 @@ class ClipEmbedder:
         bf16 = any(isinstance(module, prepacked.PrepackedLinear) and module.dtype == torch.bfloat16
                    for module in model.modules())
         self.precision = "bf16" if bf16 else "fp32"
-        # Which text path the architecture allows, decided once, not per forward pass.
-        self._can_pack_text = supports_text_packing(model)
-        self._can_trim_text = supports_text_trimming(model)
+        # Which text path the architecture allows, decided once, not per forward pass; each one off says why.
+        refusals = text_path_refusals(model, tokenizer)
+        self._can_trim_text, self._can_pack_text = "trimming" not in refusals, "packing" not in refusals
+        if refusals:
+            log.info("text %s off for %s: %s; its texts run through open_clip's own encode_text",
+                     " and ".join(refusals) + (" are" if len(refusals) > 1 else " is"), model_name,
+                     "; ".join(dict.fromkeys(refusals.values())))
         self.load_seconds: float | None = None
         # Called as on_batch(modality, size, seconds) after each forward pass;
         # the web layer hangs its metrics here so this module stays free of them.
@@ -79,6 +85,12 @@ class ClipEmbedder:
         scale = getattr(self.model, "logit_scale", None)
         return float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
 
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP's learned bias (logits = logit_scale x cosine + logit_bias); None for contrastive CLIP."""
+        bias = getattr(self.model, "logit_bias", None)
+        return float(bias.reshape(-1)[0]) if isinstance(bias, torch.Tensor) else None
+
     @functools.cached_property
     def pretrained_label(self) -> str:
         """The tag (also that of a file converted from one), or only a checkpoint's file name."""
@@ -87,12 +99,13 @@ class ClipEmbedder:
     @classmethod
     def load(cls, model_name: str, pretrained: str, device: str = "auto", *,
              cache_dir: str | None = None, max_batch: int = 64, prepack: bool = True,
-             precision: str = "fp32") -> "ClipEmbedder":
+             precision: str = "fp32", tokenizer_dir: str = "") -> "ClipEmbedder":
         """Build the model from a pretrained tag or a checkpoint file; never fall back to random weights."""
         started = time.monotonic()
         device = resolve_device(device)
         model, preprocess, tokenizer, stages = load_model(model_name, pretrained, device, cache_dir=cache_dir,
-                                                          prepack=prepack, precision=precision)
+                                                          prepack=prepack, precision=precision,
+                                                          tokenizer_dir=tokenizer_dir)
         embedder = cls(model, preprocess, tokenizer, model_name=model_name,
                        pretrained=pretrained, device=device, max_batch=max_batch)
         embedder.load_seconds = time.monotonic() - started
@@ -234,9 +247,15 @@ class ClipEmbedder:
         return texts, images
 
 
-def _embed_dim(model) -> int:
-    proj = getattr(model, "text_projection", None)
-    if proj is not None:
-        return proj.shape[-1] if isinstance(proj, torch.Tensor) else proj.out_features
-    return model.visual.output_dim
+def _embed_dim(model, tokenizer) -> int:
+    """The length of the model's vectors: its text projection's width, or one text's vector where it has none."""
+    for owner in (model, getattr(model, "text", None)):
+        proj = getattr(owner, "text_projection", None)
+        if isinstance(proj, torch.Tensor):
+            return proj.shape[-1]
+        if isinstance(proj, torch.nn.Linear):
+            return proj.out_features
+    with torch.inference_mode():  # a tower without a projection (CustomTextCLIP's HF towers): ask it
+        device = next(model.parameters()).device
+        return model.encode_text(tokenizer(["a"]).to(device)).shape[-1]
 

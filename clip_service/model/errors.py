@@ -12,3 +12,7 @@ def short_cause(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     sentence = text.split(". ")[0]
     return sentence if len(sentence) <= 200 else sentence[:197] + "..."
+
+
+class UnsupportedModelError(ModelLoadError):
+    """CLIP_MODEL names an architecture the service does not serve (CoCa, no image tower): a setting to change."""

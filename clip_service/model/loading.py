@@ -30,11 +30,11 @@ import open_clip
 import torch
 from torch import nn
 
-from . import prepacked, private_apis
+from . import families, prepacked, private_apis
 from .checkpoint import fit_state_dict, read_state_dict
-from .converted import converted_settings
+from .converted import converted_metadata, converted_settings
 from .empty_model import build_empty
-from .errors import ModelLoadError, short_cause
+from .errors import ModelLoadError, UnsupportedModelError, short_cause
 from .mapped_pages import MappedPages, own_tensors
 from .preprocessing import preprocess_arguments, set_preprocess
 from .tags import download, pretrained_tag_config
@@ -67,14 +67,21 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(model_name: str, pretrained: str, device: str, *, cache_dir: str | None = None,
-               prepack: bool = True, precision: str = "fp32") -> LoadedModel:
+               prepack: bool = True, precision: str = "fp32", tokenizer_dir: str = "") -> LoadedModel:
     """Build the model from a pretrained tag or a checkpoint file; never fall back to random weights.
 
     ``device`` is resolved already (see ``resolve_device``). Every failure is
     a one-line ``ModelLoadError``. ``precision`` ``bf16`` runs the prepacked
     products in bfloat16 (CPU only: elsewhere, or unprepacked, fp32 with a warning);
     ``auto`` runs bf16 where the CPU has it, fp32 elsewhere (no warning: that is what it asks).
+    A family the service does not serve is refused first (``UnsupportedModelError``),
+    then the tokenizer is found (``tokenizer_dir``, CLIP_TOKENIZER, for Hugging Face
+    tokenizers), before any weights are read.
     """
+    refused = families.refusal(model_name, families.model_config(model_name))
+    if refused:
+        raise UnsupportedModelError(refused)
+    tokenizer = tokenizer_for(model_name, directory=tokenizer_dir, cache_dir=cache_dir)
     if precision == "auto":
         precision = "bf16" if prepack and device == "cpu" and prepacked.bf16_native() else "fp32"
     elif precision != "fp32" and not (prepack and device == "cpu"):
@@ -90,9 +97,11 @@ def load_model(model_name: str, pretrained: str, device: str, *, cache_dir: str 
         )
     try:
         if _fast_path_covers(model_name, pretrained):
-            loaded = _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision)
+            loaded = _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision, tokenizer)
         else:
-            loaded = _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision)
+            loaded = _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision,
+                                          tokenizer)
+        families.check_built(model_name, loaded.model)
     except ModelLoadError:
         raise
     except Exception as exc:  # any failure here means "no usable weights"
@@ -117,7 +126,24 @@ def _fast_path_covers(model_name: str, pretrained: str) -> bool:
             and Path(pretrained).suffix not in (".npz", ".npy"))
 
 
-def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision) -> LoadedModel:
+def _file_settings(model_name: str, path: str) -> tuple[bool, dict]:
+    """(quick_gelu, preprocess overlay) of a checkpoint file: a converted file's header, else its architecture's."""
+    if converted_metadata(path):
+        return converted_settings(path, model_name)
+    overlay, tags = families.tagless_preprocessing(model_name)
+    if overlay:
+        log.info("%s is a checkpoint file without a tag: preprocessing as every pretrained tag of %s (%s) does: %s",
+                 os.path.basename(path), model_name, ", ".join(tags), overlay)
+    return False, overlay
+
+
+def _prepare(model: nn.Module) -> None:
+    done = families.prepare(model)
+    if done:
+        log.info("%s", done)
+
+
+def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision, tokenizer) -> LoadedModel:
     seconds = {}
     lap = _Laps()
     if tag_cfg:
@@ -125,7 +151,7 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, prec
         quick_gelu, preprocess_overlay = bool(tag_cfg.get("quick_gelu", False)), tag_cfg
     else:
         path = pretrained
-        quick_gelu, preprocess_overlay = converted_settings(path, model_name)
+        quick_gelu, preprocess_overlay = _file_settings(model_name, path)
     seconds["resolve"] = lap()
 
     model = build_empty(model_name, quick_gelu=quick_gelu)
@@ -139,6 +165,7 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, prec
     seconds["load"] = lap()
 
     model.eval().requires_grad_(False)
+    _prepare(model)
     if device == "cpu":
         if prepack:
             # The packed copies replace the mapped weights block by block; their
@@ -153,26 +180,26 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, prec
     seconds["own"] = lap()
 
     preprocess = set_preprocess(model, preprocess_overlay)
-    tokenizer = tokenizer_for(model_name)
     seconds["transforms"] = lap()
     return LoadedModel(model, preprocess, tokenizer, seconds)
 
 
-def _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision) -> LoadedModel:
+def _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision,
+                         tokenizer) -> LoadedModel:
     started = time.perf_counter()
     private_apis.ensure_timm()
     private_apis.ensure_hub()
     if tag_cfg:
         quick_gelu, overlay = bool(tag_cfg.get("quick_gelu", False)), {}  # open_clip applies a tag's own
     else:
-        quick_gelu, overlay = converted_settings(pretrained, model_name)
+        quick_gelu, overlay = _file_settings(model_name, pretrained)
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_name, pretrained=pretrained, device=device, force_quick_gelu=quick_gelu,
         cache_dir=cache_dir or None, **preprocess_arguments(overlay))
     model.eval().requires_grad_(False)
+    _prepare(model)
     if prepack and device == "cpu":
         prepacked.prepack(model, threads=_LOAD_THREADS, dtype=PRECISIONS[precision])
-    tokenizer = tokenizer_for(model_name)
     return LoadedModel(model, preprocess, tokenizer, {"open_clip": time.perf_counter() - started})
 
 

@@ -301,7 +301,10 @@ def prepack(model: nn.Module, threads: int = 1,
     if dtype != torch.float32 and not bf16_native():
         log.warning("this CPU has no native bfloat16 products (AVX512-BF16 or AMX); the model runs in fp32")
         dtype = torch.float32
+    # CLIP's text tower is the model itself; CustomTextCLIP's (SigLIP, MobileCLIP) is model.text, causal or not.
+    text = getattr(model, "text", None)
     towers = [(getattr(model, "transformer", None), True),
+              (getattr(text, "transformer", None), getattr(text, "attn_mask", None) is not None),
               (getattr(getattr(model, "visual", None), "transformer", None), False)]
     towers = [([block for block in getattr(tower, "resblocks", ()) if _swappable(block)], causal)
               for tower, causal in towers]

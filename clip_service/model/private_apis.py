@@ -218,6 +218,11 @@ SIMPLE_TOKENIZER_INTERNALS = all([_exists(_sample, name, fallback=_UNBOUNDED) fo
 del _sample
 
 
+# The text cleaning open_clip's HFTokenizer applies ("canonicalize" for SigLIP), reused by hub_tokenizer.py.
+get_clean_fn = _find(open_clip, "tokenizer.get_clean_fn", _takes("type"),
+                     fallback="no fallback: a model with a Hugging Face tokenizer (SigLIP, SigLIP2) refuses to start")
+
+
 def shared_tokenizer():
     """The SimpleTokenizer ``import open_clip`` built, or None (looked up at each call, as open_clip may swap it)."""
     if _shared is None or DEFAULT_CONTEXT_LENGTH is None:

@@ -11,6 +11,35 @@ import open_clip
 import torch
 
 from . import prepacked, private_apis
+from .hub_tokenizer import HubTokenizer
+
+
+def text_path_refusals(model, tokenizer=None) -> dict[str, str]:
+    """Why text ``trimming`` and ``packing`` are off for ``model``, by path; {} when both apply.
+
+    Both rely on a causal text tower pooled at the EOT token, where the padding
+    after a text cannot reach its vector; SigLIP's and MobileCLIP2's towers
+    attend both ways (and SigLIP pools the last, padded position), so every
+    padding token changes the vector and they run as open_clip runs them.
+    """
+    tower = model if type(model) is open_clip.CLIP else getattr(model, "text", None)
+    if private_apis.text_global_pool is None:
+        why = "open_clip's text_global_pool is missing in this release"
+    elif tower is None or getattr(tower, "attn_mask", None) is None:
+        why = "its text tower has no causal mask (every token attends to the padding after it)"
+    elif getattr(tower, "text_pool_type", None) not in ("argmax", "eos"):
+        why = f"its text tower pools the {getattr(tower, 'text_pool_type', 'unknown')!r} position, not the EOT token"
+    elif type(model) is not open_clip.CLIP:
+        why = f"its text tower is {type(tower).__name__} under {type(model).__name__}, not open_clip's CLIP tower"
+    elif isinstance(tokenizer, HubTokenizer):
+        why = "its tokenizer is a Hugging Face tokenizer, whose padding id is not CLIP's 0 after the EOT token"
+    else:
+        why = ""
+    if why:
+        return {"trimming": why, "packing": why}
+    if not supports_text_packing(model):
+        return {"packing": "its text tower pools at the EOS id, or its blocks' attention is not open_clip's own"}
+    return {}
 
 
 def supports_text_trimming(model) -> bool:

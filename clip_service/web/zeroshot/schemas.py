@@ -101,7 +101,9 @@ class ClassifyRequestSchema(RequestSchema):
 class LabelScoreSchema(Schema):
     label = fields.String(required=True)
     score = fields.Float(required=True, metadata={
-        "description": "Softmax over the labels of the model's logit scale x cosine (they sum to 1)."})
+        "description": "The model's own probability (its `scores`, in GET /v1/models): softmax over the labels of "
+                       "logit_scale x cosine for CLIP (they sum to 1); sigmoid(logit_scale x cosine + logit_bias) "
+                       "for each label on its own for SigLIP (they need not)."})
     cosine = fields.Float(metadata={"description": "The raw cosine similarity (with return_cosine)."})
 
 
@@ -122,8 +124,10 @@ class _RankForm(RequestSchema):
     return_documents = StrictBoolean(load_default=False, metadata={
         "description": "Repeat each result's document (an image's data: URI only by its header)."})
     scores = fields.String(load_default="cosine", validate=validate.OneOf(RANK_SCORES), metadata={
-        "description": "cosine: the cosine similarity; softmax: softmax over the candidates of the model's "
-                       "logit scale x cosine."})
+        "description": "cosine: the cosine similarity; probability: the model's own probabilities (a softmax "
+                       "over the candidates of logit_scale x cosine for CLIP, sigmoid(logit_scale x cosine + "
+                       "logit_bias) each for SigLIP); softmax or sigmoid: the same, named, which must be the "
+                       "model's (else 422)."})
 
 
 class TextQueryRankSchema(_RankForm):

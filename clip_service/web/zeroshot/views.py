@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 
 from ...images.sources import describe
-from ...pipeline import LabelScore, QueryFailed
+from ...pipeline import LabelScore, QueryFailed, WrongObjective
 from .. import current
 from ..common_schemas import item_errors
 from ..errors import ApiError
@@ -52,7 +52,7 @@ def _document(body: dict, index: int) -> dict:
                                   "names its code).", schema=None)
 @documents_body_errors(bp)
 def classify(body):
-    """Label images zero-shot: softmax over the candidate labels of logit scale x cosine."""
+    """Label images zero-shot with the model's own scores: softmax over the labels (CLIP) or a sigmoid each (SigLIP)."""
     params, single = body["parameters"], isinstance(body["inputs"], str)
     result = current.pipeline().classify([body["inputs"]] if single else body["inputs"], params["candidate_labels"],
                                          params["hypothesis_template"])
@@ -75,7 +75,8 @@ def classify(body):
     "oneOf": list(RankRequestSchema.FORMS.values())}}}})
 @bp.response(200, RankingSchema)
 @bp.alt_response(422, description="Not a valid request; or the query image could not be used (errors.query "
-                                  "names its code).", schema=None)
+                                  "names its code); or scores names the other objective than the model's "
+                                  "(errors.scores).", schema=None)
 @documents_body_errors(bp)
 def rank(body):
     """Rank candidates against one query: images against a text, or texts against an image."""
@@ -83,6 +84,8 @@ def rank(body):
     try:
         ranking = current.pipeline().rank(body["query"], body["documents"], query_is_image=image_query,
                                           by=body["scores"], top_n=body.get("top_n"))
+    except WrongObjective as wrong:
+        raise ApiError(422, str(wrong), errors={"scores": [str(wrong)]}) from None
     except QueryFailed as failed:
         error = failed.failure.error
         raise ApiError(422, f"the query image could not be used: {error.message}",

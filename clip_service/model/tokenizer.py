@@ -50,7 +50,7 @@ def for_model(model_name: str, *, directory: str = "", cache_dir: str | None = N
     text = (config or {}).get("text_cfg", {})
     if text.get("hf_tokenizer_name"):
         return hub_tokenizer_for(model_name, text, directory=directory, cache_dir=cache_dir)
-    if directory:
+    if directory and has_tokenizer(directory):
         log.info("CLIP_TOKENIZER is not used: %s uses open_clip's own CLIP tokenizer", model_name)
     shared = private_apis.shared_tokenizer()
     default_context = private_apis.DEFAULT_CONTEXT_LENGTH

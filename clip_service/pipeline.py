@@ -320,6 +320,11 @@ class EmbeddingPipeline:
                 scores[good] = self._probabilities(cosines[good])
         return Ranking([Ranked(i, float(scores[i])) for i in best_first(scores, top_n)], failures)
 
+    @property
+    def scores(self) -> str:
+        """How /classify and /rank score for this model: ``softmax`` (contrastive CLIP) or ``sigmoid`` (SigLIP)."""
+        return self.embedder.scores
+
     def _probabilities(self, cosines: np.ndarray) -> np.ndarray:
         embedder = self.embedder
         return probabilities(cosines, embedder.scores, embedder.logit_scale, embedder.logit_bias)

@@ -327,7 +327,8 @@ def test_the_services_own_routes_keep_their_envelope(client):
 def test_meta_describes_the_model(client, tiny_checkpoint):
     response = client.get("/meta")
     assert response.status_code == 200
-    assert response.get_json() == {"model_name": TINY_MODEL, "pretrained": tiny_checkpoint.name, "dimensions": 32}
+    assert response.get_json() == {"model_name": TINY_MODEL, "pretrained": tiny_checkpoint.name, "dimensions": 32,
+                                   "scores": "softmax"}
 
 
 @pytest.mark.parametrize("path", ["/.well-known/live", "/.well-known/ready"])
@@ -437,7 +438,7 @@ def test_the_document_covers_the_routes_in_weaviates_shape(client):
                 assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/"
                                                                                      "WeaviateError"}
     assert "204" in paths["/.well-known/ready"]["get"]["responses"]
-    assert set(schemas["Meta"]["properties"]) == {"model_name", "pretrained", "dimensions"}
+    assert set(schemas["Meta"]["properties"]) == {"model_name", "pretrained", "dimensions", "scores"}
 
 
 @pytest.fixture(scope="module")

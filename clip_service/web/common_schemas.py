@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from marshmallow import RAISE, Schema, ValidationError, fields, pre_load
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
 from ..images.sources import is_data_uri
 from ..pipeline import ItemFailure
@@ -176,6 +176,12 @@ class ModelInfoSchema(Schema):
     pretrained = fields.String(required=True,
                                metadata={"description": "Pretrained tag or checkpoint file name."})
     dimensions = fields.Integer(required=True, metadata={"description": "Length of every vector."})
+
+
+def scores_field(**kwargs) -> fields.String:
+    """The model's zero-shot objective (EmbeddingPipeline.scores), where an answer describes the model or scores."""
+    return fields.String(validate=validate.OneOf(("softmax", "sigmoid")), metadata={"description": (
+        "How /classify and /rank's probabilities follow the model's training: softmax over the candidates of logit_scale x cosine (contrastive CLIP; they sum to 1), or sigmoid(logit_scale x cosine + logit_bias) for each candidate on its own (SigLIP, SigLIP2).")}, **kwargs)
 
 
 class ErrorEnvelopeSchema(Schema):

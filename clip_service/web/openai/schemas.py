@@ -11,7 +11,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from ...config import Settings
 from ...images.sources import is_data_uri, is_image_data_uri
-from ..common_schemas import RequestSchema
+from ..common_schemas import RequestSchema, scores_field
 from ..current import settings as _settings
 
 MODALITIES = ("text", "image")
@@ -134,6 +134,7 @@ class ModelSchema(Schema):
     owned_by = fields.String(required=True)
     pretrained = fields.String(metadata={"description": "open_clip pretrained tag or checkpoint file name."})
     dimensions = fields.Integer(metadata={"description": "Length of every vector."})
+    scores = scores_field()
 
 
 class ModelListSchema(Schema):

@@ -76,6 +76,7 @@ _documents_errors = error_docs(bp, OpenAIErrorSchema, {
 
 def _model(info: ModelInfo) -> dict:
     return {"id": info.model, "object": "model", "created": _CREATED, "owned_by": "clip-service",
+            "scores": current.pipeline().scores,
             "pretrained": info.pretrained, "dimensions": info.dimensions}
 
 

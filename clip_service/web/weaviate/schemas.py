@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, post_load
 
-from ..common_schemas import BodySchema, LimitedList, LimitedString
+from ..common_schemas import BodySchema, LimitedList, LimitedString, scores_field
 
 
 class VectorizeRequestSchema(BodySchema):
@@ -44,6 +44,7 @@ class MetaSchema(Schema):
     model_name = fields.String(required=True, metadata={"description": "open_clip model name."})
     pretrained = fields.String(required=True, metadata={"description": "Pretrained tag or checkpoint file name."})
     dimensions = fields.Integer(required=True, metadata={"description": "Length of every vector."})
+    scores = scores_field(required=True)
 
 
 class WeaviateErrorSchema(Schema):

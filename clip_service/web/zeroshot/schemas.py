@@ -14,6 +14,7 @@ from ..common_schemas import (
     ModelInfoSchema,
     RequestSchema,
     StrictBoolean,
+    scores_field,
 )
 from ..current import pipeline as _pipeline
 from ..current import settings as _settings
@@ -111,6 +112,7 @@ class ClassifyBatchSchema(ModelInfoSchema):
     results = fields.List(fields.List(fields.Nested(LabelScoreSchema)), required=True, metadata={
         "description": "One list per image, in order, best label first; [] for an image that failed."})
     errors = fields.List(fields.Nested(ItemErrorSchema), required=True)
+    scores = scores_field(required=True)
 
 
 QUERY_MODALITIES = ("text", "image")
@@ -178,3 +180,4 @@ class RankingSchema(ModelInfoSchema):
     results = fields.List(fields.Nested(RankResultSchema), required=True, metadata={
         "description": "Best first; documents that failed are left out (see errors)."})
     errors = fields.List(fields.Nested(ItemErrorSchema), required=True)
+    scores = scores_field(required=True)

@@ -65,7 +65,7 @@ def classify(body):
     results = [[] if scores is None else _label_scores(scores, params["return_cosine"])
                for scores in result.images]
     return json_response({"results": results, "errors": item_errors(result.failures),
-                          **current.model_info()})
+                          "scores": current.pipeline().scores, **current.model_info()})
 
 
 @bp.route("/rank", methods=["POST"])
@@ -92,4 +92,4 @@ def rank(body):
                        errors={"query": [f"{error.code}: {error.message}"]}, code=error.code) from None
     results = [{"index": r.index, "relevance_score": r.score, **_document(body, r.index)} for r in ranking.results]
     return json_response({"results": results, "errors": item_errors(ranking.failures),
-                          **current.model_info()})
+                          "scores": current.pipeline().scores, **current.model_info()})

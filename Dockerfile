@@ -44,20 +44,29 @@ FROM base AS weights
 #    to the model hub (add CLIP_TAG=laion400m_e32 when it holds a tag's weights,
 #    so the file keeps the tag's QuickGELU and preprocessing).
 # weights/ holds only its README unless you put a checkpoint there.
+# Any served family works (docs/model.md#families), e.g. --build-arg
+# CLIP_MODEL=ViT-B-16-SigLIP2 --build-arg CLIP_PRETRAINED=webli. SigLIP's and
+# SigLIP2's tokenizers live on the model hub too: they are written to
+# /opt/models/tokenizer beside the weights (CLIP_TOKENIZER below); a build with
+# no route to the hub names a folder of them in the context, e.g.
+# --build-arg CLIP_TOKENIZER=weights/tokenizer.
 ARG CLIP_MODEL=ViT-B-32
 ARG CLIP_PRETRAINED=laion400m_e32
 ARG CLIP_TAG=""
+ARG CLIP_TOKENIZER=""
 COPY weights ./weights
 # Stored as the form the service loads fastest: safetensors, memory-mapped at
 # start-up, with QuickGELU and the preprocessing in its header. The command
 # checks the file gives open_clip's vectors bit for bit, or fails the build.
 RUN python -m clip_service.model.convert --model "$CLIP_MODEL" ${CLIP_TAG:+--tag "$CLIP_TAG"} \
+        ${CLIP_TOKENIZER:+--tokenizer "$CLIP_TOKENIZER"} --tokenizer-dir /opt/models/tokenizer \
         --cache-dir /tmp/clip-download "$CLIP_PRETRAINED" /opt/models/weights.safetensors
 
 FROM base
 ARG CLIP_MODEL=ViT-B-32
 COPY --from=weights /opt/models /opt/models
-ENV CLIP_MODEL=${CLIP_MODEL} CLIP_PRETRAINED=/opt/models/weights.safetensors
+# CLIP_TOKENIZER's folder exists only for a model with a Hugging Face tokenizer; others ignore it.
+ENV CLIP_MODEL=${CLIP_MODEL} CLIP_PRETRAINED=/opt/models/weights.safetensors CLIP_TOKENIZER=/opt/models/tokenizer
 
 # From here on nothing may reach a model hub: a missing file fails the start.
 ENV HF_HUB_OFFLINE=1

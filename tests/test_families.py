@@ -207,7 +207,7 @@ def test_classify_scores_follow_the_familys_objective(loaded, family_app):
         np.testing.assert_allclose(sums, 1, atol=1e-6)
     else:  # independent sigmoids: nothing makes them sum to 1
         assert not np.allclose(sums, 1, atol=1e-3)
-    assert body.get("scores", loaded.family.scores) == loaded.family.scores
+    assert body["scores"] == loaded.family.scores
 
 
 def test_rank_probabilities_follow_the_familys_objective(loaded, family_app):
@@ -248,7 +248,7 @@ def test_model_info_names_the_scores(loaded, family_app):
     text = client.post("/embed/text", json={"texts": ["a cat"]}).get_json()
     assert len(text["embeddings"][0]) == text["dimensions"] == loaded.embedder.dimensions
     assert models.get("dimensions") == loaded.embedder.dimensions
-    assert "scores" not in models or models["scores"] == loaded.family.scores
+    assert models["scores"] == loaded.family.scores
     spec = client.get("/openapi.json").get_json()
     assert spec  # the document builds for every family's dimensions
 
@@ -411,7 +411,7 @@ def test_gunicorn_serves_every_route_for_the_family(loaded, tmp_path):
         body = requests.post(base + "/v1/embeddings", json={"input": TEXTS[:3], "model": spec}, timeout=60).json()
         np.testing.assert_allclose([d["embedding"] for d in body["data"]], texts, atol=1e-5)
         model = requests.get(base + "/v1/models", timeout=30).json()["data"][0]
-        assert model.get("scores", family.scores) == family.scores and model.get("dimensions", dims) == dims
+        assert model["scores"] == family.scores and model["dimensions"] == dims
         body = requests.post(base + "/classify", json={"inputs": uris, "parameters": {
             "candidate_labels": LABELS, "hypothesis_template": TEMPLATE}}, timeout=60).json()
         labels, _ = _reference_vectors(loaded, [TEMPLATE.replace("{}", label) for label in LABELS])
@@ -421,13 +421,13 @@ def test_gunicorn_serves_every_route_for_the_family(loaded, tmp_path):
             np.testing.assert_allclose([got[label] for label in LABELS], row, atol=1e-5)
         body = requests.post(base + "/rank", json={"query": "a cat", "documents": uris, "scores": "probability"},
                              timeout=60).json()
-        assert len(body["results"]) == len(uris)
+        assert len(body["results"]) == len(uris) and body["scores"] == family.scores
         body = requests.post(base + "/vectorize", json={"texts": TEXTS[:1], "images": [
             base64.b64encode(paths[0].read_bytes()).decode()]}, timeout=60).json()
         np.testing.assert_allclose(body["textVectors"][0], texts[0], atol=1e-5)
         np.testing.assert_allclose(body["imageVectors"][0], images[0], atol=1e-5)
         meta = requests.get(base + "/meta", timeout=30).json()
-        assert meta.get("dimensions", dims) == dims
+        assert meta["dimensions"] == dims and meta["scores"] == family.scores
         spec_doc = requests.get(base + "/openapi.json", timeout=30)
         assert spec_doc.status_code == 200
         # The cache: the same text again is served from it, the same vector.

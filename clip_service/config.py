@@ -66,10 +66,12 @@ class ModelSettings:
                                   "through its cache); other models use open_clip's own and ignore it")
     onednn_prepack: bool = _setting(True, "on CPU, run the transformers' matrix products through oneDNN with "
                                           "weights prepacked at load (same vectors, 1.2-1.7x faster)")
-    precision: str = _setting("fp32", "fp32 (open_clip's vectors), bf16: on a CPU with native bfloat16 "
-                                      "(AVX512-BF16, AMX) the prepacked products run in bf16, ~1.6x the single "
-                                      "images/s, vectors within cosine 0.9999 of fp32's (else fp32, with a "
-                                      "warning), or auto: bf16 where the CPU has it, else fp32 without a warning")
+    # auto (#28): bf16 is the faster answer wherever the CPU multiplies it in hardware, and every
+    # answer names the precision in force, so a vector that differs from open_clip's says why.
+    precision: str = _setting("auto", "auto: bf16 where the CPU has native bfloat16 products (AVX512-BF16, AMX), "
+                                      "else fp32 without a warning; fp32: open_clip's arithmetic (its vectors to "
+                                      "~3e-7); bf16: the prepacked products in bf16 with fp32 sums, ~1.6x the single "
+                                      "images/s, vectors within cosine 0.9999 of fp32's (else fp32, with a warning)")
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,9 @@ class ModelInfo:
     model: str
     pretrained: str
     dimensions: int
+    # The arithmetic in force, fp32 or bf16 (CLIP_PRECISION=auto picks bf16 where the CPU has it):
+    # bf16 vectors differ from open_clip's fp32 ones in the third digit, and this says so.
+    precision: str
 
 
 class EmbeddingPipeline:
@@ -154,7 +157,8 @@ class EmbeddingPipeline:
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(self.embedder.model_name, self.embedder.pretrained_label, self.embedder.dimensions)
+        return ModelInfo(self.embedder.model_name, self.embedder.pretrained_label, self.embedder.dimensions,
+                         self.embedder.precision)
 
     def embed_texts(self, texts: Sequence[str]) -> TextVectors:
         """Embed ``texts`` in order (truncated to the model's context as CLIP does)."""

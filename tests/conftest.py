@@ -60,7 +60,9 @@ def tiny_model_dir(tiny_checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_checkpoint) -> ClipEmbedder:
-    return ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    # fp32, named: the tests compare its vectors with open_clip's to 1e-5 (the service's default,
+    # CLIP_PRECISION=auto, runs bf16 on a CPU that has it; tests/test_precision.py covers that).
+    return ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="fp32")
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,14 @@ def _unit(vectors):
 def test_health(client):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "healthy", "model_loaded": True}
+    assert response.get_json() == {"status": "healthy", "model_loaded": True, "precision": "fp32"}
 
 
 def test_health_is_503_without_a_model(app, monkeypatch):
     monkeypatch.setattr(app.extensions["clip_readiness"], "embedder", None)
     response = app.test_client().get("/health")
     assert response.status_code == 503
-    assert response.get_json()["model_loaded"] is False
+    assert response.get_json() == {"status": "unhealthy", "model_loaded": False}  # no model, no precision
 
 
 def test_embed_text(client, reference_model):

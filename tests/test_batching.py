@@ -91,7 +91,7 @@ def test_a_forked_child_starts_its_own_batching_thread():
 
 
 def test_batched_embedder_gives_open_clip_vectors_to_concurrent_callers(tiny_checkpoint, reference_model):
-    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="fp32")
     embedder.configure(parallel_forwards=2, batching=True, max_queue=512)
     sizes = []
     embedder.on_batch = lambda modality, size, seconds: sizes.append(size)
@@ -150,7 +150,7 @@ def test_idle_runners_share_a_large_request():
 
 
 def test_split_requests_give_the_same_vectors(tiny_checkpoint, reference_model):
-    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="fp32")
     embedder.configure(parallel_forwards=2, batching=True, max_queue=512)
     texts = [f"text {i} " + "word " * (i % 5) for i in range(20)]
     assert np.abs(embedder.embed_texts(texts) - reference_text_vectors(reference_model, texts)).max() <= 1e-5

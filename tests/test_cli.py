@@ -40,8 +40,9 @@ def server(app):
 
 @pytest.fixture
 def in_process(monkeypatch, tiny_checkpoint, image_server):
-    """The CLIP_* settings for the model in-process: the tiny model, as the ``app`` fixture has it."""
+    """The CLIP_* settings for the model in-process: the tiny model, as the ``app`` fixture has it (fp32)."""
     for name, value in {"CLIP_MODEL": TINY_MODEL, "CLIP_PRETRAINED": str(tiny_checkpoint), "CLIP_JPEG_DRAFT": "0",
+                        "CLIP_PRECISION": "fp32",
                         "CLIP_FETCH_ALLOW": f"{image_server.host}:{image_server.port}"}.items():
         monkeypatch.setenv(name, value)
 
@@ -302,7 +303,7 @@ def test_an_in_process_run_stops_with_its_status_not_sigabrt(stop, tiny_model_di
     out = tmp_path / "out.parquet"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CLIP_")}, "HF_HUB_OFFLINE": "1",
            "CLIP_MODEL": f"local-dir:{tiny_model_dir}",
-           "CLIP_PRETRAINED": str(tiny_model_dir / "open_clip_pytorch_model.bin")}
+           "CLIP_PRETRAINED": str(tiny_model_dir / "open_clip_pytorch_model.bin"), "CLIP_PRECISION": "fp32"}
     # Its own process group, which the signal is sent to as a terminal sends Ctrl-C; SIGINT at its
     # default, as a foreground job has it (see the test above).
     run = subprocess.Popen([sys.executable, "-c", _CLI_AS_FOREGROUND_JOB, "embed", str(source), "-o", str(out),

@@ -99,6 +99,7 @@ def test_real_vit_b32_loaded_from_a_local_checkpoint_via_the_environment(monkeyp
     monkeypatch.setenv("CLIP_MODEL", "ViT-B-32")
     monkeypatch.setenv("CLIP_PRETRAINED", str(vit_b32_checkpoint))
     monkeypatch.setenv("CLIP_DEVICE", "cpu")
+    monkeypatch.setenv("CLIP_PRECISION", "fp32")  # open_clip's vectors to 1e-5 (auto runs bf16 where it can)
     app = create_app({"TESTING": True})
     texts = ["a diagram", "a dog"]
     body = app.test_client().post("/embed/text", json={"texts": texts}).get_json()

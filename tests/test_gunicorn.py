@@ -29,6 +29,8 @@ def test_preloaded_gunicorn_with_two_workers_serves_correct_vectors(
     server = GunicornProcess({
         "CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": str(vit_b32_checkpoint),
         "CLIP_WORKERS": "2", "CLIP_THREADS": "4",
+        # open_clip's vectors to 1e-5: fp32, not the default auto (bf16 on a CPU that has it).
+        "CLIP_PRECISION": "fp32",
         # Two torch threads per worker: without the fork-hazard handling the
         # workers hang at their first parallel op and this test times out.
         "CLIP_TORCH_THREADS": "2",

@@ -14,7 +14,8 @@ def fresh_app(tiny_checkpoint):
 
     from .helpers import TINY_MODEL
 
-    return create_app({"TESTING": True}, embedder=ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu"))
+    return create_app({"TESTING": True}, embedder=ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu",
+                                                                    precision="fp32"))
 
 
 def _health(app) -> tuple[int, dict]:
@@ -24,7 +25,7 @@ def _health(app) -> tuple[int, dict]:
 
 def test_a_warmed_up_worker_is_healthy(fresh_app):
     fresh_app.extensions["clip_readiness"].warm_up()
-    assert _health(fresh_app) == (200, {"status": "healthy", "model_loaded": True})
+    assert _health(fresh_app) == (200, {"status": "healthy", "model_loaded": True, "precision": "fp32"})
 
 
 def test_a_failed_warm_up_makes_health_and_readiness_503(fresh_app, monkeypatch, caplog):
@@ -33,7 +34,7 @@ def test_a_failed_warm_up_makes_health_and_readiness_503(fresh_app, monkeypatch,
 
     monkeypatch.setattr(fresh_app.extensions["clip_embedder"], "_encode_probe", broken)
     assert fresh_app.extensions["clip_readiness"].warm_up() is False  # what post_worker_init calls: never raises
-    assert _health(fresh_app) == (503, {"status": "unhealthy", "model_loaded": True})
+    assert _health(fresh_app) == (503, {"status": "unhealthy", "model_loaded": True, "precision": "fp32"})
     assert fresh_app.test_client().get("/health/ready").status_code == 503
     assert fresh_app.test_client().get("/health/live").status_code == 200  # alive: do not restart it blindly
     assert any("warm-up failed" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
@@ -45,7 +46,7 @@ def test_a_failed_readiness_inference_makes_health_503_until_it_passes_again(fre
     monkeypatch.setattr(embedder, "probe", lambda timeout: False)
     client = fresh_app.test_client()
     assert client.get("/health/ready").status_code == 503
-    assert _health(fresh_app) == (503, {"status": "unhealthy", "model_loaded": True})
+    assert _health(fresh_app) == (503, {"status": "unhealthy", "model_loaded": True, "precision": "fp32"})
     monkeypatch.undo()
     readiness._checked_at = None  # the probe's cache (CLIP_READY_CACHE_SECONDS) has expired
     assert client.get("/health/ready").status_code == 200

@@ -100,7 +100,7 @@ def test_parameters_are_built_on_meta_and_buffers_for_real():
 def test_prepacked_load_gives_the_vectors_of_open_clip_prepacked(tiny_checkpoint):
     model, preprocess = _reference(TINY_MODEL, str(tiny_checkpoint))
     assert prepacked.prepack(model) == 2
-    loaded = loading.load_model(TINY_MODEL, str(tiny_checkpoint), "cpu", prepack=True)
+    loaded = loading.load_model(TINY_MODEL, str(tiny_checkpoint), "cpu", prepack=True, precision="fp32")
     assert sum(isinstance(m, prepacked.PrepackedSelfAttention) for m in loaded.model.modules()) == 2
     assert _no_meta_tensors(loaded.model)
     for mine, theirs in zip(_vectors(loaded.model, loaded.preprocess, TINY_MODEL),
@@ -210,7 +210,7 @@ def test_a_tags_quick_gelu_and_preprocessing_are_applied(quick_gelu_tag):
     assert _activations(loaded.model) == {"QuickGELU"}
     assert loaded.model.visual.preprocess_cfg["interpolation"] == "bilinear"
     _assert_same_model(loaded, reference, TINY_MODEL)
-    prepacked = loading.load_model(TINY_MODEL, "quickgelu-tag", "cpu")  # QuickGELU fused into the product
+    prepacked = loading.load_model(TINY_MODEL, "quickgelu-tag", "cpu", precision="fp32")  # QuickGELU fused in
     assert _activations(prepacked.model) == {"QuickGELU"}
     assert prepacked.model.transformer.resblocks[0].mlp.c_fc.activation == "swish"
     for mine, open_clips in zip(_vectors(prepacked.model, prepacked.preprocess, TINY_MODEL),
@@ -277,6 +277,7 @@ def test_a_converted_file_serves_through_the_environment(monkeypatch, tmp_path, 
     monkeypatch.setenv("CLIP_MODEL", TINY_MODEL)
     monkeypatch.setenv("CLIP_PRETRAINED", str(dest))
     monkeypatch.setenv("CLIP_DEVICE", "cpu")
+    monkeypatch.setenv("CLIP_PRECISION", "fp32")  # compared with open_clip's to 1e-5
     body = create_app({"TESTING": True}).test_client().post("/embed/text", json={"texts": TEXTS}).get_json()
     assert body["pretrained"] == "served.safetensors"
     assert abs(torch.tensor(body["embeddings"]) - torch.from_numpy(reference_text_vectors(reference_model, TEXTS))
@@ -402,7 +403,7 @@ def test_vit_b32_is_open_clips_bit_for_bit(monkeypatch, vit_b32_checkpoint):
 def test_vit_b32_prepacked_load_gives_open_clips_prepacked_vectors(vit_b32_checkpoint):
     model, preprocess = _reference("ViT-B-32", str(vit_b32_checkpoint))
     assert prepacked.prepack(model) == 24
-    loaded = loading.load_model("ViT-B-32", str(vit_b32_checkpoint), "cpu", prepack=True)
+    loaded = loading.load_model("ViT-B-32", str(vit_b32_checkpoint), "cpu", prepack=True, precision="fp32")
     assert sum(isinstance(m, prepacked.PrepackedSelfAttention) for m in loaded.model.modules()) == 24
     assert _no_meta_tensors(loaded.model)
     for mine, theirs in zip(_vectors(loaded.model, loaded.preprocess, "ViT-B-32"),
@@ -454,8 +455,8 @@ def test_gunicorn_serves_a_converted_tag_with_its_quick_gelu(monkeypatch, tmp_pa
     converted = tmp_path / "ViT-B-32.safetensors"
     assert convert.main(["--model", "ViT-B-32", "laion400m_e32", str(converted)]) == 0
 
-    server = GunicornProcess({"CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": str(converted), "CLIP_DEVICE": "cpu"},
-                             tmp_path / "gunicorn.log")
+    server = GunicornProcess({"CLIP_MODEL": "ViT-B-32", "CLIP_PRETRAINED": str(converted), "CLIP_DEVICE": "cpu",
+                              "CLIP_PRECISION": "fp32"}, tmp_path / "gunicorn.log")
     try:
         server.wait_healthy()
         assert requests.get(server.base + "/health/ready", timeout=30).status_code == 200

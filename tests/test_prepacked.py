@@ -45,7 +45,7 @@ def test_a_patch_embedding_whose_output_would_change_keeps_the_convolution(monke
                                                                            reference_model):
     real_forward = prepacked.PrepackedPatchEmbedding.forward
     monkeypatch.setattr(prepacked.PrepackedPatchEmbedding, "forward", lambda self, x: real_forward(self, x) + 1e-2)
-    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="fp32")
     assert type(embedder.model.visual.conv1) is torch.nn.Conv2d and embedder.prepacked_blocks == 2
     images = _random_images(2, 40)
     assert np.abs(embedder.embed_images(images) - reference_image_vectors(reference_model, images)).max() <= 1e-5
@@ -62,7 +62,7 @@ def test_prepacked_tiny_model_equals_open_clip(tiny_embedder, reference_model, c
 @pytest.mark.e2e
 def test_prepacked_vit_b32_equals_open_clip(vit_b32_checkpoint):
     """The real architecture, QuickGELU-free random weights named by config: 24 blocks, same vectors."""
-    embedder = ClipEmbedder.load("ViT-B-32", str(vit_b32_checkpoint), "cpu")
+    embedder = ClipEmbedder.load("ViT-B-32", str(vit_b32_checkpoint), "cpu", precision="fp32")
     assert embedder.prepacked_blocks == 24
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=str(vit_b32_checkpoint))
     reference = (model.eval(), preprocess, open_clip.get_tokenizer("ViT-B-32"))
@@ -85,7 +85,7 @@ def quick_gelu_vit_b32(tmp_path_factory):
 def test_prepacked_quick_gelu_vit_b32_equals_open_clip(quick_gelu_vit_b32):
     """laion400m_e32's architecture: QuickGELU, fused into the first MLP layer as a scaled swish."""
     checkpoint, reference = quick_gelu_vit_b32
-    embedder = ClipEmbedder.load("ViT-B-32-quickgelu", str(checkpoint), "cpu")
+    embedder = ClipEmbedder.load("ViT-B-32-quickgelu", str(checkpoint), "cpu", precision="fp32")
     assert embedder.prepacked_blocks == 24
     fc = embedder.model.transformer.resblocks[0].mlp.c_fc
     assert (fc.activation, type(fc.fused).__name__) == ("swish", "QuickGELU")
@@ -97,7 +97,7 @@ def test_prepacked_quick_gelu_vit_b32_equals_open_clip(quick_gelu_vit_b32):
 def test_a_block_whose_output_would_change_keeps_open_clips_layers(monkeypatch, tiny_checkpoint, reference_model):
     real_forward = prepacked.PrepackedLinear.forward
     monkeypatch.setattr(prepacked.PrepackedLinear, "forward", lambda self, x: real_forward(self, x) + 1e-2)
-    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="fp32")
     assert embedder.prepacked_blocks == 0
     assert sum(isinstance(m, torch.nn.MultiheadAttention) for m in embedder.model.modules()) == 2
     assert np.abs(embedder.embed_texts(TEXTS) - reference_text_vectors(reference_model, TEXTS)).max() <= 1e-5

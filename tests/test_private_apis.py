@@ -181,7 +181,7 @@ def test_without_onednns_ops_nothing_is_prepacked(release_without, tiny_checkpoi
 @needs_onednn
 def test_without_open_clips_block_class_no_block_is_prepacked(release_without, tiny_checkpoint, reference_model):
     release_without((open_clip.transformer, "ResidualAttentionBlock"))
-    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="fp32")
     assert embedder.prepacked_blocks == 0
     assert type(embedder.model.visual.conv1) is prepacked.PrepackedPatchEmbedding  # not a block: still swapped
     assert _text_gap(embedder, reference_model) <= 1e-5
@@ -213,7 +213,7 @@ def test_without_a_bf16_detector_the_other_decides(release_without, present):
 
 def test_without_open_clips_text_pooling_texts_run_untrimmed(release_without, tiny_checkpoint, reference_model):
     release_without((open_clip.transformer, "text_global_pool"))
-    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")
+    embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision="fp32")
     assert not text_encoding.supports_text_trimming(embedder.model)
     assert not text_encoding.supports_text_packing(embedder.model)
     assert _text_gap(embedder, reference_model) <= 1e-5

@@ -107,7 +107,9 @@ def elapsed(call) -> tuple[float, requests.Response]:
 def assert_serving(server) -> None:
     """/health/live answers within 1 s and a normal /embed/text with 200 within 2 s (each a new connection)."""
     took, live = elapsed(lambda: requests.get(server.base + "/health/live", timeout=10))
-    assert live.status_code == 200 and live.json() == {"status": "alive", "model_loaded": True}
+    assert live.status_code == 200 and live.json() == {"status": "alive", "model_loaded": True,
+                                                       "precision": live.json().get("precision")}
+    assert live.json()["precision"] in ("fp32", "bf16")  # the default, auto: bf16 where the CPU has it
     assert live.headers["Content-Type"] == "application/json" and took < 1.0, took
     took, text = elapsed(lambda: requests.post(server.base + "/embed/text", json={"texts": ["a cat"]}, timeout=10))
     assert text.status_code == 200 and len(text.json()["embeddings"]) == 1

@@ -115,7 +115,7 @@ def test_uploads_are_embedded_in_order(client, photos, reference_model):
     response = upload(client, [(n, photos[n]) for n in names])
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"embeddings", "errors", "model", "pretrained", "dimensions"}
+    assert set(body) == {"embeddings", "errors", "model", "pretrained", "dimensions", "precision"}
     expected = reference_image_vectors(reference_model, [as_image(photos[n]) for n in names])
     assert np.abs(np.asarray(body["embeddings"]) - expected).max() <= 1e-5 and body["errors"] == []
 

@@ -328,7 +328,7 @@ def test_meta_describes_the_model(client, tiny_checkpoint):
     response = client.get("/meta")
     assert response.status_code == 200
     assert response.get_json() == {"model_name": TINY_MODEL, "pretrained": tiny_checkpoint.name, "dimensions": 32,
-                                   "scores": "softmax"}
+                                   "precision": "fp32", "scores": "softmax"}
 
 
 @pytest.mark.parametrize("path", ["/.well-known/live", "/.well-known/ready"])
@@ -438,7 +438,7 @@ def test_the_document_covers_the_routes_in_weaviates_shape(client):
                 assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/"
                                                                                      "WeaviateError"}
     assert "204" in paths["/.well-known/ready"]["get"]["responses"]
-    assert set(schemas["Meta"]["properties"]) == {"model_name", "pretrained", "dimensions", "scores"}
+    assert set(schemas["Meta"]["properties"]) == {"model_name", "pretrained", "dimensions", "precision", "scores"}
 
 
 @pytest.fixture(scope="module")

@@ -169,6 +169,14 @@ def item_errors(failures: list[ItemFailure]) -> list[dict]:
             for f in failures]
 
 
+def precision_field(**kwargs) -> fields.String:
+    """The arithmetic in force (ModelInfo.precision), as every answer that names the model has it."""
+    return fields.String(validate=validate.OneOf(("fp32", "bf16")), metadata={"description": (
+        "What the vectors are computed in: fp32 (open_clip's arithmetic: its vectors to ~3e-7) or bf16 "
+        "(bfloat16 products with fp32 sums, within cosine 0.9999 of fp32's); CLIP_PRECISION, by default bf16 "
+        "where the CPU has native bfloat16.")}, **kwargs)
+
+
 class ModelInfoSchema(Schema):
     """The model fields every answer of the service's own API carries."""
 
@@ -176,6 +184,7 @@ class ModelInfoSchema(Schema):
     pretrained = fields.String(required=True,
                                metadata={"description": "Pretrained tag or checkpoint file name."})
     dimensions = fields.Integer(required=True, metadata={"description": "Length of every vector."})
+    precision = precision_field(required=True)
 
 
 def scores_field(**kwargs) -> fields.String:

@@ -24,5 +24,5 @@ def readiness() -> Readiness:
 
 
 def model_info() -> dict:
-    """The model fields every embedding answer carries: model, pretrained, dimensions."""
+    """The model fields every embedding answer carries: model, pretrained, dimensions, precision."""
     return asdict(pipeline().info)

@@ -7,6 +7,7 @@ from marshmallow import Schema, fields
 
 from ..ops.readiness import Readiness
 from . import current
+from .common_schemas import precision_field
 from .jsonio import json_response
 
 bp = Blueprint("health", __name__, description="Is the model loaded and serving? (No API key needed.)")
@@ -18,10 +19,15 @@ class HealthSchema(Schema):
     status = fields.String(required=True, metadata={
         "description": "/health: healthy or unhealthy; /health/live: alive; /health/ready: ready or unready."})
     model_loaded = fields.Boolean(required=True, metadata={"description": "Whether this worker holds the model."})
+    precision = precision_field()  # absent while the worker holds no model
 
 
 def _answer(ok: bool, status: str, readiness: Readiness):
-    return json_response({"status": status, "model_loaded": readiness.model_loaded}, status=200 if ok else 503)
+    body = {"status": status, "model_loaded": readiness.model_loaded}
+    if readiness.model_loaded:
+        # The arithmetic the vectors are made in, for whoever compares them with open_clip's.
+        body["precision"] = readiness.embedder.precision
+    return json_response(body, status=200 if ok else 503)
 
 
 @bp.route("/health", methods=["GET"])

@@ -11,7 +11,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from ...config import Settings
 from ...images.sources import is_data_uri, is_image_data_uri
-from ..common_schemas import RequestSchema, scores_field
+from ..common_schemas import RequestSchema, precision_field, scores_field
 from ..current import settings as _settings
 
 MODALITIES = ("text", "image")
@@ -135,6 +135,7 @@ class ModelSchema(Schema):
     pretrained = fields.String(metadata={"description": "open_clip pretrained tag or checkpoint file name."})
     dimensions = fields.Integer(metadata={"description": "Length of every vector."})
     scores = scores_field()
+    precision = precision_field()
 
 
 class ModelListSchema(Schema):

@@ -77,7 +77,7 @@ _documents_errors = error_docs(bp, OpenAIErrorSchema, {
 def _model(info: ModelInfo) -> dict:
     return {"id": info.model, "object": "model", "created": _CREATED, "owned_by": "clip-service",
             "scores": current.pipeline().scores,
-            "pretrained": info.pretrained, "dimensions": info.dimensions}
+            "pretrained": info.pretrained, "dimensions": info.dimensions, "precision": info.precision}
 
 
 def _check_model(model: str, info: ModelInfo) -> None:

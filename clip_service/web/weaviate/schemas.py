@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, post_load
 
-from ..common_schemas import BodySchema, LimitedList, LimitedString, scores_field
+from ..common_schemas import BodySchema, LimitedList, LimitedString, precision_field, scores_field
 
 
 class VectorizeRequestSchema(BodySchema):
@@ -39,12 +39,13 @@ class VectorizeResponseSchema(Schema):
 
 
 class MetaSchema(Schema):
-    """The model: the keys the reference container answers for an open_clip model, and the vector length."""
+    """The model: the keys the reference container answers for an open_clip model, the vector length and precision."""
 
     model_name = fields.String(required=True, metadata={"description": "open_clip model name."})
     pretrained = fields.String(required=True, metadata={"description": "Pretrained tag or checkpoint file name."})
     dimensions = fields.Integer(required=True, metadata={"description": "Length of every vector."})
     scores = scores_field(required=True)
+    precision = precision_field(required=True)
 
 
 class WeaviateErrorSchema(Schema):

@@ -114,7 +114,7 @@ def meta():
     """Describe the model (Weaviate shows this under its own /v1/meta)."""
     info = current.pipeline().info
     return json_response({"model_name": info.model, "pretrained": info.pretrained, "dimensions": info.dimensions,
-                          "scores": current.pipeline().scores})
+                          "precision": info.precision, "scores": current.pipeline().scores})
 
 
 @bp.route("/.well-known/live", methods=["GET"])

@@ -114,8 +114,9 @@ def run_naive(pt: Path) -> dict:
 
 def start(tree: Path, weights: Path, log_path: Path, workers: int = 1) -> GunicornProcess:
     """``gunicorn wsgi:app`` from ``tree`` with ``weights``, logging at INFO (the stages come from its log)."""
+    # fp32, as the recorded start-ups: bf16 (the default where the CPU has it) packs the weights differently.
     return GunicornProcess({"CLIP_MODEL": MODEL, "CLIP_PRETRAINED": str(weights), "CLIP_WORKERS": str(workers),
-                            "LOG_LEVEL": "INFO"}, log_path, cwd=tree)
+                            "LOG_LEVEL": "INFO", "CLIP_PRECISION": "fp32"}, log_path, cwd=tree)
 
 
 def wait_ready(service: GunicornProcess) -> float:

@@ -87,7 +87,10 @@ def photo_server() -> ImageServer:
 def start_service(env: dict[str, str], photo_port: int | None = None, cwd: Path | None = None) -> GunicornProcess:
     """``gunicorn wsgi:app`` (from ``cwd``, another checkout) with the benchmark checkpoint and ``env`` on top,
     healthy; its ``startup_seconds`` are spawn to the first 200 from /health."""
-    full = {"CLIP_MODEL": MODEL, "CLIP_PRETRAINED": str(checkpoint()), "LOG_LEVEL": "WARNING", **env}
+    # fp32 unless ``env`` asks for bf16: the recorded figures (BENCHMARKS.md) are fp32's, and since #28 the
+    # service's default, auto, runs bf16 on a CPU that has it (an older checkout ignores the variable).
+    full = {"CLIP_MODEL": MODEL, "CLIP_PRETRAINED": str(checkpoint()), "LOG_LEVEL": "WARNING", "CLIP_PRECISION": "fp32",
+            **env}
     if photo_port:
         full["CLIP_FETCH_ALLOW"] = f"127.0.0.1:{photo_port}"
     service = GunicornProcess(full, extra_args=("--access-logfile", "/dev/null"), cwd=cwd or ROOT)

@@ -19,6 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
+from .bulk import DTYPES  # pyarrow-free: the names --dtype takes
+
 # The service's own statuses for weights it cannot load (3) and bad settings (78), and its one line.
 from .startup import EXIT_BAD_SETTINGS, EXIT_MODEL_LOAD, refusal_line
 
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=_positive(int),
                        help="items per batch (default and maximum: the service's limit per request)")
     embed.add_argument("--retry-failed", action="store_true", help="embed again the items whose row is an error")
+    embed.add_argument("--dtype", choices=DTYPES, default="float32",
+                       help="store the vectors as float32 (default), float16, int8 (round(256 x)) or binary (the "
+                            "signs, 8 dimensions a byte); a resume must use the same")
     embed.add_argument("--flush-rows", type=_positive(int), default=5000,
                        help="write a part file after this many rows (default 5000)")
     embed.add_argument("--flush-seconds", type=_positive(float), default=30.0,
@@ -88,7 +93,7 @@ def embed_command(args: argparse.Namespace) -> int:
                 from .bulk.remote import RemoteBackend
 
                 backend = RemoteBackend(args.url, api_key=args.api_key, concurrency=args.concurrency,
-                                        timeout=args.timeout, deadline=args.deadline)
+                                        timeout=args.timeout, deadline=args.deadline, dtype=args.dtype)
             items = read_items(args.input)
             is_npy = output.suffix.lower() == ".npy"
             store = bulk_store.PartStore(output.with_name(output.name + ".parts") if is_npy else output).open()
@@ -96,7 +101,7 @@ def embed_command(args: argparse.Namespace) -> int:
                 backend = _local_backend()
             job = bulk_run.BulkRun(items, store, backend, bulk_run.Options(
                 concurrency=args.concurrency, batch_size=args.batch_size, flush_rows=args.flush_rows,
-                flush_seconds=args.flush_seconds, retry_failed=args.retry_failed,
+                flush_seconds=args.flush_seconds, retry_failed=args.retry_failed, dtype=args.dtype,
                 progress=sys.stderr.isatty() if args.progress is None else args.progress))
             if is_npy and job.todo:
                 bulk_store.remove_npy(output)  # stale until this run completes

@@ -305,5 +305,6 @@ def test_the_document_describes_the_openai_api(client):
     assert {"200", "400", "404", "413", "415", "default"} <= set(operation["responses"])
     assert operation["responses"]["default"] == {"$ref": "#/components/responses/OPENAI_ERROR"}
     request = spec["components"]["schemas"]["EmbeddingRequest"]
-    assert {"model", "input", "encoding_format", "dimensions", "user", "modality"} == set(request["properties"])
+    assert {"model", "input", "encoding_format", "embedding_types", "dimensions", "user", "modality"} == \
+        set(request["properties"])
     assert request["properties"]["input"]["oneOf"][1]["maxItems"] == 256

@@ -50,7 +50,9 @@ def test_the_interactive_docs_page_is_served(client):
 ])
 def test_request_bodies_document_every_field_and_refuse_others(client, path, fields, required):
     schema = _request_schema(client.get("/openapi.json").get_json(), path)
-    assert schema["type"] == "object" and set(schema["properties"]) == fields
+    # Every embedding route also takes the vectors' encoding and OpenAI's dimensions (the model's own only).
+    assert schema["type"] == "object" and set(schema["properties"]) == fields | {"encoding", "dimensions"}
+    assert schema["properties"]["dimensions"]["enum"] == [32]
     assert schema.get("required") == required
     assert schema["additionalProperties"] is False
     for field in fields:

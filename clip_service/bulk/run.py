@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, Protocol
 
 from .inputs import Item
@@ -39,13 +39,15 @@ class Options:
     flush_seconds: float = 30.0
     retry_failed: bool = False
     progress: bool = False
+    dtype: str = "float32"  # what the vectors are stored as (bulk.DTYPES)
 
 
 class BulkRun:
     """One run over ``items``: what is left to do is decided at construction, ``execute()`` does it."""
 
     def __init__(self, items: list[Item], store: PartStore, backend: Backend, options: Options):
-        store.check_model(backend.stamp)
+        # The backend's vectors, stored in the run's dtype (a resume with another one is refused).
+        store.check_model(replace(backend.stamp, dtype=options.dtype))
         if options.retry_failed:
             store.drop_failed()
         self.todo = [item for item in items if item.id not in store.done]

@@ -10,6 +10,10 @@ pandas, pyarrow, DuckDB, Polars and Spark all read as one table. For
 ``out.npy`` the same parts live in ``out.npy.parts/`` and, once every item
 has a row, ``out.npy`` (successful vectors, input order), ``out.ids.txt``
 (their ids, one a line) and ``out.errors.csv`` are written from them.
+
+The vectors are stored in the run's ``--dtype`` (``bulk.DTYPES``), a fixed-size list column of that type,
+computed from the float32 vector by the service's own formulas (``clip_service/encodings.py``); the
+dtype is in every part's metadata, and a resume with another one is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import csv
 import fcntl
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -27,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import encodings
+from . import DTYPES
 from .inputs import InputError
 
 METADATA_KEY = b"clip_service"
@@ -47,23 +53,71 @@ class Row:
     error_message: str | None = None
 
 
+# The Arrow type of each format --dtype stores (bulk.DTYPES).
+ARROW_TYPES = {"float": pa.float32(), "float16": pa.float16(), "int8": pa.int8(), "ubinary": pa.uint8()}
+# What a reader needs to turn each dtype's values back into a vector; in the vector column's metadata.
+_READING = {
+    "float32": "the L2-normalised vector",
+    "float16": "the L2-normalised vector in IEEE half precision (within 2^-12 a component)",
+    "int8": f"round({encodings.INT8_SCALE} x) of the L2-normalised vector x, clipped to [-128, 127]: "
+            f"x = value / {encodings.INT8_SCALE} within 1/{2 * encodings.INT8_SCALE} for components in [-0.5, 0.498]",
+    "binary": "the signs of the vector's components as bits (1: > 0), 8 dimensions a byte, the first dimension "
+              "in the top bit (numpy.unpackbits)",
+}
+
+
 @dataclass(frozen=True)
 class ModelStamp:
-    """Which model made the vectors; every part carries it, and a resume must match it."""
+    """Which model made the vectors, and the dtype they are stored in; every part carries it, a resume must match."""
 
     model: str
     pretrained: str
     dimensions: int
+    dtype: str = "float32"  # parts written before --dtype existed hold float32
+
+    @property
+    def format(self) -> str:
+        """The service's format (encodings.FORMATS) of the stored values."""
+        return DTYPES[self.dtype]
+
+    @property
+    def width(self) -> int:
+        """How many values a stored vector has (binary: dimensions / 8)."""
+        return encodings.width(self.format, self.dimensions)
 
 
 def schema(dimensions: int, stamp: ModelStamp) -> pa.Schema:
+    # ``dimensions`` is the stamp's: kept as an argument for callers that name it.
     return pa.schema([
         pa.field("id", pa.string(), nullable=False),
         pa.field("modality", pa.string(), nullable=False),
-        pa.field("vector", pa.list_(pa.float32(), dimensions)),  # null for a failed item
+        pa.field("vector", pa.list_(ARROW_TYPES[stamp.format], stamp.width),  # null for a failed item
+                 metadata={b"clip_service.dtype": stamp.dtype.encode(),
+                           b"description": _READING[stamp.dtype].encode()}),
         pa.field("error_code", pa.string()),
         pa.field("error_message", pa.string()),
     ], metadata={METADATA_KEY: json.dumps(stamp.__dict__).encode()})
+
+
+def vector_column(rows: Sequence[Row], stamp: ModelStamp) -> pa.FixedSizeListArray:
+    """The ``vector`` column of ``rows`` in the stamp's dtype (null where a row has no vector)."""
+    values = np.zeros((len(rows), stamp.width), dtype=encodings.DTYPES[stamp.format])
+    for i, row in enumerate(rows):
+        if row.vector is not None:
+            values[i] = stored(row.vector, stamp)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), stamp.width,
+                                             mask=pa.array([row.vector is None for row in rows]))
+
+
+def stored(vector: np.ndarray, stamp: ModelStamp) -> np.ndarray:
+    """``vector`` as the stamp's dtype stores it: a float vector is converted, one already of the dtype kept."""
+    kind = encodings.DTYPES[stamp.format]
+    vector = np.asarray(vector)
+    if vector.dtype == kind and vector.shape == (stamp.width,):
+        return vector
+    if vector.dtype.kind == "f" and vector.shape == (stamp.dimensions,):
+        return encodings.quantize(vector[None], stamp.format)[0]
+    raise ValueError(f"a vector of {vector.shape} {vector.dtype} cannot be stored as {stamp.dtype}")
 
 
 class PartStore:
@@ -107,7 +161,11 @@ class PartStore:
         return sorted(self.directory.glob("part-*.parquet"))
 
     def check_model(self, stamp: ModelStamp) -> None:
-        """Refuse to mix vectors of two models in one output."""
+        """Refuse to mix vectors of two models, or of two dtypes, in one output."""
+        if self.stamp is not None and self.stamp.dtype != stamp.dtype \
+                and replace(self.stamp, dtype=stamp.dtype) == stamp:
+            raise InputError(f"{self.directory} holds {self.stamp.dtype} vectors; this run asks for --dtype "
+                             f"{stamp.dtype}: rerun with --dtype {self.stamp.dtype}, or choose another output")
         if self.stamp is not None and self.stamp != stamp:
             raise InputError(f"{self.directory} holds vectors of {self.stamp.model} ({self.stamp.pretrained}, "
                              f"{self.stamp.dimensions}-d); this run embeds with {stamp.model} ({stamp.pretrained}, "
@@ -144,21 +202,12 @@ class PartStore:
         if not rows:
             return
         assert self.stamp is not None, "check_model() first"
-        dims = self.stamp.dimensions
-        values = np.zeros((len(rows), dims), dtype=np.float32)
-        missing = []
-        for i, row in enumerate(rows):
-            if row.vector is None:
-                missing.append(True)
-            else:
-                values[i] = row.vector
-                missing.append(False)
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dims, mask=pa.array(missing))
+        stamp = self.stamp
         table = pa.Table.from_arrays(
             [pa.array([r.id for r in rows], pa.string()), pa.array([r.modality for r in rows], pa.string()),
-             vectors, pa.array([r.error_code for r in rows], pa.string()),
+             vector_column(rows, stamp), pa.array([r.error_code for r in rows], pa.string()),
              pa.array([r.error_message for r in rows], pa.string())],
-            schema=schema(dims, self.stamp))
+            schema=schema(stamp.dimensions, stamp))
         self._write(table, self.directory / f"part-{self._next_part:06d}.parquet")
         self._next_part += 1
         self.done.update((r.id, r.error_code) for r in rows)
@@ -181,9 +230,12 @@ class PartStore:
 def read_stamp(part: Path) -> ModelStamp:
     metadata = pq.read_schema(part).metadata or {}
     try:
-        return ModelStamp(**json.loads(metadata[METADATA_KEY]))
+        stamp = ModelStamp(**json.loads(metadata[METADATA_KEY]))
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{part} is not a part file written by clip-service embed") from None
+    if stamp.dtype not in DTYPES:
+        raise InputError(f"{part} holds {stamp.dtype} vectors, which this version cannot add to")
+    return stamp
 
 
 def npy_paths(output: Path) -> tuple[Path, Path, Path]:
@@ -208,10 +260,11 @@ def export_npy(store: PartStore, output: Path, order: Iterable[str]) -> tuple[in
     for i, item_id in enumerate(ok):
         position[item_id] = i
     vectors_path, ids_path, errors_path = npy_paths(output)
-    dims = store.stamp.dimensions if store.stamp else 0
+    dims = store.stamp.width if store.stamp else 0
+    kind = encodings.DTYPES[store.stamp.format] if store.stamp else np.dtype(np.float32)
     temporary = vectors_path.with_name(f".{vectors_path.name}.tmp")
     # Filled part by part through a memory map, so a backfill of millions never sits in memory at once.
-    vectors = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=(len(ok), dims))
+    vectors = np.lib.format.open_memmap(temporary, mode="w+", dtype=kind, shape=(len(ok), dims))
     for part in store.parts():
         table = pq.read_table(part, columns=["id", "vector"])
         rows = [(i, position.get(item_id, -1)) for i, item_id in enumerate(table.column("id").to_pylist())]

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from . import sources
+from . import sources, vectors
 from .errors import NotAClipService, RequestRejected
 from .limits import Limits
 from .results import Classifications, Embeddings, FailedItem, ModelInfo
@@ -86,10 +86,17 @@ class ClipClient:
 
     # --- embeddings -----------------------------------------------------------------------
 
-    def embed_texts(self, texts: Sequence[str], *, deadline: float | None = None) -> Embeddings:
-        """One unit vector per text, in order; a text the service would refuse is a FailedItem, not sent."""
+    def embed_texts(self, texts: Sequence[str], *, dtype: str = "float32",
+                    deadline: float | None = None) -> Embeddings:
+        """One unit vector per text, in order; a text the service would refuse is a FailedItem, not sent.
+
+        ``dtype``: float32 (sent as base64 of its bytes: lossless), float16, int8, uint8, binary or ubinary
+        (the service's encodings of the same name: clip_service/encodings.py).
+        """
+        vectors.check_dtype(dtype)
         end = self._end(deadline)
         limits = self.limits(_end=end)
+        sent_as = vectors.wire_format(dtype, limits.encodings)
         texts = list(texts)
         outcomes: dict[int, Outcome] = {}
         sendable = []
@@ -107,20 +114,26 @@ class ClipClient:
                 sendable.append((i, text))
         for start in range(0, len(sendable), limits.max_texts):
             batch = sendable[start:start + limits.max_texts]
-            outcomes.update(self._post_batch("/embed/text", "texts", batch, {}, "embeddings", end,
+            outcomes.update(self._post_batch("/embed/text", "texts", batch, _encoding(sent_as), "embeddings", end,
                                              lambda i: "<text>"))
-        return self._embeddings(len(texts), outcomes, end)
+        return self._embeddings(len(texts), outcomes, end, dtype, sent_as)
 
-    def embed_images(self, images: Sequence[ImageInput], *, deadline: float | None = None) -> Embeddings:
-        """One unit vector per image (path, http(s) URL, data URI, bytes, binary file or PIL image), in order."""
+    def embed_images(self, images: Sequence[ImageInput], *, dtype: str = "float32",
+                     deadline: float | None = None) -> Embeddings:
+        """One unit vector per image (path, http(s) URL, data URI, bytes, binary file or PIL image), in order.
+
+        ``dtype`` as for ``embed_texts``.
+        """
+        vectors.check_dtype(dtype)
         end = self._end(deadline)
         limits = self.limits(_end=end)
+        sent_as = vectors.wire_format(dtype, limits.encodings)
         images = list(images)
         outcomes: dict[int, Outcome] = {}
         for batch in self._image_batches(images, limits.max_urls, limits, outcomes):
-            outcomes.update(self._post_batch("/embed/image", "urls", batch, {}, "embeddings", end,
+            outcomes.update(self._post_batch("/embed/image", "urls", batch, _encoding(sent_as), "embeddings", end,
                                              lambda i: sources.describe(images[i])))
-        return self._embeddings(len(images), outcomes, end)
+        return self._embeddings(len(images), outcomes, end, dtype, sent_as)
 
     def classify(self, images: Sequence[ImageInput], labels: Sequence[str], *,
                  hypothesis_template: str | list[str] | None = None,
@@ -238,20 +251,26 @@ class ClipClient:
                 self._model = ModelInfo(body["model"], body.get("pretrained", ""), int(body["dimensions"]))
         return outcomes
 
-    def _embeddings(self, count: int, outcomes: dict[int, Outcome], end: float) -> Embeddings:
+    def _embeddings(self, count: int, outcomes: dict[int, Outcome], end: float, dtype: str,
+                    sent_as: str) -> Embeddings:
         info = self.model_info(_end=end)
-        vectors = np.full((count, info.dimensions), np.nan, dtype=np.float32)
+        rows = vectors.empty(count, dtype, info.dimensions)
         errors = []
         for i in range(count):
             outcome = outcomes[i]
-            if not isinstance(outcome, FailedItem) and len(outcome) != info.dimensions:
-                outcome = FailedItem(i, "service_error", f"the service answered {len(outcome)} numbers, "
-                                                         f"not {info.dimensions}", "")
-            if isinstance(outcome, FailedItem):
-                errors.append(outcome)
-            else:
-                vectors[i] = outcome
-        return Embeddings(vectors, errors, info.model, info.pretrained)
+            if not isinstance(outcome, FailedItem):
+                try:
+                    rows[i] = vectors.row(outcome, sent_as, dtype, info.dimensions)
+                    continue
+                except ValueError as exc:
+                    outcome = FailedItem(i, "service_error", f"the service answered {exc}", "")
+            errors.append(outcome)
+        return Embeddings(rows, errors, info.model, info.pretrained, dtype=dtype, model_dimensions=info.dimensions)
+
+
+def _encoding(sent_as: str) -> dict:
+    # "float" is every service's answer, the only one an older service knows: not asked for.
+    return {} if sent_as == "float" else {"encoding": sent_as}
 
 
 def _refused_items(response, field: str, count: int) -> dict[int, str]:

@@ -18,6 +18,7 @@ class Limits:
     max_url_chars: int | None = None
     max_classify_inputs: int | None = None  # None also when the service has no /classify
     paths: frozenset[str] = frozenset()
+    encodings: frozenset[str] = frozenset()  # the vector formats /embed/* answer in; none: floats only (older)
 
     @classmethod
     def from_openapi(cls, doc: Any) -> "Limits":
@@ -32,7 +33,17 @@ class Limits:
         return cls(max_texts=_max_items(doc, texts), max_urls=_max_items(doc, urls),
                    max_text_chars=_item_max_length(doc, texts), max_url_chars=_item_max_length(doc, urls),
                    max_classify_inputs=_max_items(doc, classify) if classify is not None else None,
-                   paths=frozenset(doc["paths"]))
+                   paths=frozenset(doc["paths"]), encodings=_offered_encodings(doc))
+
+
+def _offered_encodings(doc: dict) -> frozenset[str]:
+    """The ``encoding`` values both /embed/text and /embed/image take (the enum the service documents)."""
+    offered = []
+    for path in ("/embed/text", "/embed/image"):
+        schema = _property(doc, path, "encoding")
+        values = schema.get("enum") if isinstance(schema, dict) else None
+        offered.append(frozenset(v for v in values if isinstance(v, str)) if isinstance(values, list) else frozenset())
+    return offered[0] & offered[1]
 
 
 def _resolve(doc: dict, schema: Any) -> Any:

@@ -26,16 +26,23 @@ class ModelInfo:
 
 @dataclass
 class Embeddings:
-    """One float32 row per input, in order; a failed input's row is NaN and it has an entry in ``errors``."""
+    """One row per input, in order, of the asked ``dtype``; a failed input has an entry in ``errors`` and its row
+    is NaN (0 for the integer dtypes).
+
+    ``binary`` and ``ubinary`` rows hold 8 dimensions a byte (the first in the top bit), so they are
+    ``dimensions / 8`` long.
+    """
 
     vectors: np.ndarray
     errors: list[FailedItem] = field(default_factory=list)
     model: str = ""
     pretrained: str = ""
+    dtype: str = "float32"  # float32, float16, int8, uint8, binary or ubinary
+    model_dimensions: int | None = None  # the vectors' length before any packing
 
     @property
     def dimensions(self) -> int:
-        return int(self.vectors.shape[1])
+        return self.model_dimensions if self.model_dimensions is not None else int(self.vectors.shape[1])
 
     @property
     def ok(self) -> np.ndarray:

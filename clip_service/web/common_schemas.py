@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 
+from .. import encodings
 from ..images.sources import is_data_uri
 from ..pipeline import ItemFailure
+from .current import pipeline as _pipeline
 from .current import settings as _settings
 
 
@@ -199,3 +202,70 @@ class ErrorEnvelopeSchema(Schema):
     message = fields.String(required=True, metadata={"description": "What went wrong, for a person."})
     errors = fields.Dict(required=True, metadata={
         "description": "Field-by-field details ({} when there are none); list items are keyed by index."})
+
+
+# --- vector formats (clip_service/encodings.py): the request fields, the answers' vectors, examples ----
+
+ENCODING_DESCRIPTION = (
+    "How each vector is written, all computed from the same float32 vector: float (numbers; the default), "
+    "base64 (its little-endian float32 bytes, as OpenAI's encoding_format), float16 (base64 of its "
+    "little-endian IEEE half-precision bytes; within 2^-12 a component), int8 (integers round(256 x) clipped "
+    "to [-128, 127]; within 1/512 a component in [-0.5, 0.498]), uint8 (the int8 value + 128), binary (8 "
+    "dimensions a byte, bit 1 where the component is > 0, the first dimension in the top bit, each byte "
+    "- 128 as an integer in [-128, 127]) or ubinary (the same bytes, 0 to 255). A failed image's slot is [] "
+    "in every format.")
+
+
+def encoding_field(**kwargs) -> fields.String:
+    """A request's ``encoding``: the format of the answer's vectors (``encodings.FORMATS``), float by default."""
+    return fields.String(load_default=encodings.DEFAULT, validate=validate.OneOf(encodings.FORMATS),
+                         metadata={"description": ENCODING_DESCRIPTION}, **kwargs)
+
+
+def dimensions_refusal(native: int) -> str:
+    """Why a ``dimensions`` other than the model's own is refused (every family says it so)."""
+    return (f"This model's vectors have {native} dimensions: send {native} or leave dimensions out. CLIP models "
+            "were not trained for shortened (Matryoshka) vectors, so a truncated one would rank poorly.")
+
+
+class ModelWidth(fields.Integer):
+    """``dimensions`` (OpenAI's parameter): accepted only as the model's own width, which it is anyway."""
+
+    def __init__(self, *, strict: bool = True, **kwargs):
+        super().__init__(strict=strict, validate=validate.Range(min=1), metadata={"description": (
+            "The length of the vectors: only the model's own (the dimensions of every answer) is accepted, "
+            "since CLIP models were not trained for shortened vectors; leave it out to get it.")}, **kwargs)
+
+    def openapi_model(self, info) -> dict:
+        """The one value accepted, for the OpenAPI document."""
+        return {"enum": [info.dimensions]}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        number = super()._deserialize(value, attr, data, **kwargs)
+        native = _pipeline().info.dimensions
+        if number != native:
+            raise ValidationError(dimensions_refusal(native))
+        return number
+
+
+def vector_field(description: str) -> fields.Raw:
+    """An answer's vector, in any format: documented only (views write vectors with orjson, encodings.py)."""
+    return fields.Raw(metadata={"description": description, "oneOf": [
+        {"type": "array", "items": {"type": "number"}},
+        {"type": "string", "format": "byte"}]})
+
+
+# A toy 8-d unit vector, to show each format in the OpenAPI document (a real one has the model's width).
+_EXAMPLE = np.array([0.4, -0.3, 0.35, 0.3, -0.45, 0.2, -0.35, 0.4], dtype=np.float32)
+_EXAMPLE = np.round(_EXAMPLE / np.linalg.norm(_EXAMPLE), 4).astype(np.float32)
+
+
+def example_vector(fmt: str):
+    """The toy vector in ``fmt``, as an answer carries it."""
+    value = encodings.to_json(_EXAMPLE[None], fmt)[0]
+    return value if isinstance(value, str) else [round(x, 4) if isinstance(x, float) else x for x in value.tolist()]
+
+
+def format_examples(answer) -> dict:
+    """OpenAPI ``examples``, one a format: ``answer(fmt)`` is the body with a (toy, 8-d) vector in it."""
+    return {fmt: {"summary": f"encoding: {fmt}", "value": answer(fmt)} for fmt in encodings.FORMATS}

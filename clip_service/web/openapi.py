@@ -10,6 +10,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from ..config import Settings
+from ..pipeline import ModelInfo
 from .common_schemas import ErrorEnvelopeSchema
 
 
@@ -23,21 +24,26 @@ class SchemaPlugin(MarshmallowPlugin):
     """apispec's marshmallow plugin, plus what only the running service knows.
 
     A field with an ``openapi(settings)`` method (the limits that come from
-    settings) adds what it returns to its definition, and a schema's
-    ``OPENAPI`` dict (rules across fields) is merged into its definition.
+    settings) adds what it returns to its definition, as does one with an
+    ``openapi_model(info)`` method (what the loaded model decides: the
+    vectors' width); a schema's ``OPENAPI`` dict (rules across fields) is
+    merged into its definition.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, model: ModelInfo | None = None):
         super().__init__()
         self.settings = settings
+        self.model = model
 
     def init_spec(self, spec):
         super().init_spec(spec)
-        settings = self.settings
+        settings, model = self.settings, self.model
 
         def setting_limits(converter, field, **kwargs) -> dict:
             openapi = getattr(field, "openapi", None)
-            return openapi(settings) if callable(openapi) else {}
+            found = openapi(settings) if callable(openapi) else {}
+            by_model = getattr(field, "openapi_model", None)
+            return {**found, **by_model(model)} if callable(by_model) and model is not None else found
 
         self.converter.add_attribute_function(setting_limits)
 
@@ -65,7 +71,9 @@ def create_api(app: Flask, settings: Settings) -> Api:
             "model's context (77 tokens) are truncated as CLIP does. Every error answers with the "
             "envelope {code, status, message, errors}.")}, **security},
     })
-    api = ServiceApi(app, spec_kwargs={"marshmallow_plugin": SchemaPlugin(settings)})
+    pipeline = app.extensions.get("clip_pipeline")  # built before the API, so the document names its width
+    plugin = SchemaPlugin(settings, pipeline.info if pipeline is not None else None)
+    api = ServiceApi(app, spec_kwargs={"marshmallow_plugin": plugin})
     api.spec.components.security_scheme("apiKey", {
         "type": "http", "scheme": "bearer",
         "description": "An API key of CLIP_API_KEYS / CLIP_API_KEYS_FILE, sent as Authorization: Bearer <key>."})

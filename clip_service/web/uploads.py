@@ -1,4 +1,7 @@
-"""multipart/form-data bodies for POST /embed/image: each ``images`` part is an image, in the order sent."""
+"""multipart/form-data bodies for POST /embed/image: each ``images`` part is an image, in the order sent.
+
+The form may also carry the JSON body's ``encoding`` and ``dimensions`` as plain fields.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from flask_smorest import Blueprint, abort
 from marshmallow import Schema, ValidationError, fields, validate
 
 from ..pipeline import Upload
-from .common_schemas import LimitedList
+from .common_schemas import LimitedList, ModelWidth, encoding_field
 
 _INVALID = "the request is not valid; see errors"
 
@@ -23,10 +26,17 @@ class UploadFormSchema(Schema):
         error_messages={"required": "Send at least one file."},
         metadata={"description": "Image files (JPEG, PNG, WebP, GIF or BMP), in order, each a part named "
                                  "images; errors name a file upload:<index>."})
+    encoding = encoding_field()
+    dimensions = ModelWidth(strict=False)  # a form's values are text
+
+
+# The form's fields that are not files.
+_FIELDS = frozenset({"encoding", "dimensions"})
 
 
 def takes_uploads(handler):
-    """Send multipart/form-data requests to ``handler(uploads)``; any other body goes on to the decorated view."""
+    """Send multipart/form-data requests to ``handler(form)`` (UploadFormSchema's fields, ``images`` as uploads);
+    any other body goes on to the decorated view."""
 
     def decorator(view):
         @functools.wraps(view)
@@ -40,15 +50,18 @@ def takes_uploads(handler):
     return decorator
 
 
-def _uploads() -> list[Upload]:
-    """The request's files as pipeline sources, after the form's schema has accepted them."""
+def _uploads() -> dict:
+    """The request's form, its files as pipeline sources, after the form's schema has accepted it."""
     files = request.files  # parses the body: 413 past CLIP_MAX_BODY_BYTES
-    if request.form or set(files) - {"images"}:
+    repeated = any(len(request.form.getlist(name)) > 1 for name in request.form)
+    if set(request.form) - _FIELDS or set(files) - {"images"} or repeated:
         # Refused here, not by marshmallow, whose error would echo each unknown name back.
         abort(422, message=_INVALID,
-              errors={"_schema": ["Unknown field; send only file parts named images (curl -F images=@cat.jpg)."]})
+              errors={"_schema": ["Unknown field; send only file parts named images (curl -F images=@cat.jpg), "
+                                  "and at most one encoding and one dimensions field."]})
     try:
-        form = UploadFormSchema().load({"images": files.getlist("images")} if "images" in files else {})
+        form = UploadFormSchema().load({**request.form.to_dict(),
+                                        **({"images": files.getlist("images")} if "images" in files else {})})
     except ValidationError as exc:
         abort(422, message=_INVALID, errors=exc.messages)
-    return [Upload(part.stream) for part in form["images"]]
+    return {**form, "images": [Upload(part.stream) for part in form["images"]]}

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from ..common_schemas import ItemErrorSchema, LimitedList, LimitedString, ModelInfoSchema, RequestSchema, UrlString
+from ..common_schemas import (
+    ItemErrorSchema,
+    LimitedList,
+    LimitedString,
+    ModelInfoSchema,
+    ModelWidth,
+    RequestSchema,
+    UrlString,
+    encoding_field,
+    example_vector,
+    format_examples,
+    vector_field,
+)
 
 
 def _texts(**kwargs):
@@ -19,17 +31,24 @@ def _urls(**kwargs):
     return LimitedList(UrlString(max_chars="max_url_chars"), max_items="max_urls", **kwargs)
 
 
-class TextEmbedRequestSchema(RequestSchema):
+class FormatSchema(RequestSchema):
+    """What every embedding request may add: the format of its vectors, and OpenAI's ``dimensions``."""
+
+    encoding = encoding_field()
+    dimensions = ModelWidth()
+
+
+class TextEmbedRequestSchema(FormatSchema):
     texts = _texts(required=True, validate=validate.Length(min=1, error="Send at least one text."),
                    metadata={"description": "Texts to embed, in order."})
 
 
-class ImageEmbedRequestSchema(RequestSchema):
+class ImageEmbedRequestSchema(FormatSchema):
     urls = _urls(required=True, validate=validate.Length(min=1, error="Send at least one URL."),
                  metadata={"description": "http(s) URLs of JPEG, PNG, WebP, GIF or BMP images, in order."})
 
 
-class MixedEmbedRequestSchema(RequestSchema):
+class MixedEmbedRequestSchema(FormatSchema):
     texts = _texts(load_default=list, metadata={"description": "Texts to embed, in order."})
     urls = _urls(load_default=list, metadata={"description": "Image URLs to embed, in order."})
 
@@ -43,7 +62,8 @@ class MixedEmbedRequestSchema(RequestSchema):
             raise ValidationError("Send at least one text or URL.", field_name="_schema")
 
 
-_vector = fields.List(fields.Float(), metadata={"description": "L2-normalised vector; [] for a failed image."})
+_vector = vector_field("The L2-normalised vector in the request's encoding (numbers, or one base64 string for "
+                       "base64 and float16); [] for a failed image.")
 
 
 class TextEmbeddingsSchema(ModelInfoSchema):
@@ -59,3 +79,14 @@ class MixedEmbeddingsSchema(ModelInfoSchema):
     text_embeddings = fields.List(_vector, required=True)
     image_embeddings = fields.List(_vector, required=True)
     errors = fields.List(fields.Nested(ItemErrorSchema), required=True)
+
+
+# The answers in each encoding, for the OpenAPI document: a toy 8-d vector where a real one has the model's width.
+_MODEL = {"model": "ViT-B-32", "pretrained": "openai", "dimensions": 8}
+_FAILED = {"index": 1, "url": "https://example.com/gone.jpg", "code": "upstream_status",
+           "message": "the image host answered HTTP 404"}
+TEXT_EXAMPLES = format_examples(lambda fmt: {"embeddings": [example_vector(fmt)], **_MODEL})
+IMAGE_EXAMPLES = format_examples(lambda fmt: {"embeddings": [example_vector(fmt), []], "errors": [_FAILED], **_MODEL})
+MIXED_EXAMPLES = format_examples(lambda fmt: {"text_embeddings": [example_vector(fmt)],
+                                              "image_embeddings": [example_vector(fmt), []], "errors": [_FAILED],
+                                              **_MODEL})

@@ -11,7 +11,8 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from ...config import Settings
 from ...images.sources import is_data_uri, is_image_data_uri
-from ..common_schemas import RequestSchema, precision_field, scores_field
+from ... import encodings
+from ..common_schemas import RequestSchema, example_vector, precision_field, scores_field
 from ..current import settings as _settings
 
 MODALITIES = ("text", "image")
@@ -76,6 +77,15 @@ class EmbeddingRequestSchema(RequestSchema):
         strict=True, allow_none=True, validate=validate.Range(min=1),
         metadata={"description": "Must be the model's own dimensions (GET /v1/models) or omitted: CLIP "
                                  "vectors cannot be shortened."})
+    embedding_types = fields.List(
+        fields.String(validate=validate.OneOf(encodings.FORMATS)), allow_none=True,
+        validate=validate.Length(min=1, error="Send at least one type."),
+        metadata={"description": (
+            "Cohere's embedding_types: the formats to answer each vector in (float, base64, float16, int8, uint8, "
+            "binary, ubinary; as the encoding field of /embed/* describes them). With one type, embedding is "
+            "the vector in it; with several, an object with one key a type, e.g. {\"float\": [...], \"int8\": "
+            "[...]}. When sent, encoding_format is not read (the openai package always sends one)."),
+            "example": ["float", "int8"]})
     user = fields.String(allow_none=True, metadata={"description": "Accepted and ignored."})
     modality = fields.String(allow_none=True, validate=validate.OneOf(MODALITIES), metadata={
         "description": "Infinity's convention: image treats every input as an image, text as a text. "
@@ -98,9 +108,17 @@ class EmbeddingRequestSchema(RequestSchema):
         if images > settings.limits.max_urls:
             raise ValidationError(f"At most {settings.limits.max_urls} images per request.", field_name="input")
 
+    @validates_schema
+    def _each_type_once(self, data, **_):
+        types = data.get("embedding_types") or []
+        if len(set(types)) < len(types):
+            raise ValidationError("Name each type at most once.", field_name="embedding_types")
+
     @post_load
     def _defaults(self, data, **_):
         data["encoding_format"] = data.get("encoding_format") or "float"
+        # The formats to answer in: Cohere's list when sent, else OpenAI's one.
+        data["embedding_types"] = data.get("embedding_types") or [data["encoding_format"]]
         return data
 
 
@@ -109,8 +127,13 @@ class EmbeddingSchema(Schema):
     index = fields.Integer(required=True, metadata={"description": "Position of the input."})
     embedding = fields.Raw(required=True, metadata={
         "description": "The L2-normalised vector: a list of floats, or base64 of its little-endian float32 "
-                       "bytes when encoding_format is base64.",
-        "oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string", "format": "byte"}]})
+                       "bytes when encoding_format is base64; in the one type of embedding_types (a list of "
+                       "numbers, or a base64 string for base64 and float16), or with several types an object "
+                       "with one key a type.",
+        "oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string", "format": "byte"},
+                  {"type": "object", "additionalProperties": {
+                      "oneOf": [{"type": "array", "items": {"type": "number"}},
+                                {"type": "string", "format": "byte"}]}}]})
 
 
 class UsageSchema(Schema):
@@ -155,3 +178,18 @@ class OpenAIErrorDetailSchema(Schema):
 
 class OpenAIErrorSchema(Schema):
     error = fields.Nested(OpenAIErrorDetailSchema, required=True)
+
+
+def _example(embedding) -> dict:
+    return {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": embedding}],
+            "model": "ViT-B-32", "usage": {"prompt_tokens": 7, "total_tokens": 7}}
+
+
+# The answers of each encoding_format and of embedding_types, for the OpenAPI document (a toy 8-d vector).
+EMBEDDING_EXAMPLES = {
+    **{fmt: {"summary": f"encoding_format: {fmt}", "value": _example(example_vector(fmt))} for fmt in ENCODING_FORMATS},
+    **{f"embedding_types {fmt}": {"summary": f"embedding_types: [{fmt}]", "value": _example(example_vector(fmt))}
+       for fmt in encodings.FORMATS if fmt not in ENCODING_FORMATS},
+    "embedding_types several": {"summary": "embedding_types: [float, int8, ubinary]", "value": _example(
+        {fmt: example_vector(fmt) for fmt in ("float", "int8", "ubinary")})},
+}

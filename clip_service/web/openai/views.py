@@ -8,20 +8,21 @@ APIs can never disagree about what went wrong. Request validation answers
 
 from __future__ import annotations
 
-import base64
 import time
 
-import numpy as np
 from flask import Flask, Response
 from flask_smorest import Api, Blueprint
 
+from ...encodings import by_types
 from ...pipeline import ModelInfo
 from .. import current
+from ..common_schemas import dimensions_refusal
 from ..errors import ApiError
 from ..flat_errors import field_errors, image_failure
 from ..jsonio import JsonBodyParser, json_response
 from ..openapi import add_error_response, error_docs
 from .schemas import (
+    EMBEDDING_EXAMPLES,
     EmbeddingListSchema,
     EmbeddingRequestSchema,
     ModelListSchema,
@@ -87,16 +88,9 @@ def _check_model(model: str, info: ModelInfo) -> None:
                             "(see GET /v1/models).", param="model", code="model_not_found")
 
 
-def _encode_vector(vector: np.ndarray, encoding_format: str):
-    """The vector itself (orjson writes it as numbers), or base64 of its little-endian float32 bytes as OpenAI sends."""
-    if encoding_format == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return vector
-
-
 @bp.route("/embeddings", methods=["POST"])
 @bp.arguments(EmbeddingRequestSchema)
-@bp.response(200, EmbeddingListSchema)
+@bp.response(200, EmbeddingListSchema, examples=EMBEDDING_EXAMPLES)
 @_documents_errors(400, 404, 413, 415)
 def create_embeddings(body):
     """Embed texts and images (OpenAI's embeddings API); the vectors come back in input order."""
@@ -104,16 +98,15 @@ def create_embeddings(body):
     info = pipeline.info
     _check_model(body["model"], info)
     if body.get("dimensions") not in (None, info.dimensions):
-        raise ApiError(400, f"This model's vectors have {info.dimensions} dimensions; send dimensions="
-                            f"{info.dimensions} or leave it out (CLIP vectors cannot be shortened).",
-                       param="dimensions", code="unsupported_dimensions")
+        # 400, as every invalid request under /v1 (OpenAI's status; the openai package raises BadRequestError).
+        raise ApiError(400, dimensions_refusal(info.dimensions), param="dimensions", code="unsupported_dimensions")
     inputs, modality = body["input"], body.get("modality")
     embedded = pipeline.embed_inputs(inputs, [is_image_input(item, modality) for item in inputs], all_or_none=True)
     if embedded.failures:
         # OpenAI has no per-item errors: one failed image fails the request, naming each failure.
         raise image_failure(embedded.failures, "input", lead="Could not use the image at ")
-    data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body["encoding_format"])}
-            for i, v in enumerate(embedded.vectors)]
+    data = [{"object": "embedding", "index": i, "embedding": vector}
+            for i, vector in enumerate(by_types(embedded.vectors, body["embedding_types"]))]
     return json_response({"object": "list", "data": data, "model": info.model,
                           "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}})
 

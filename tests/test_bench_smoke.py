@@ -38,6 +38,7 @@ CASES = {
     "precision": ([], []),  # its results only on a CPU with native bfloat16
     "hostile_memory": (["--scenarios", "16png"], ["hostile_memory.md", "hostile_memory.json"]),
     "zeroshot": ([], ["zeroshot.md", "zeroshot.json"]),
+    "families": ([], ["families.md", "families.json"]),  # its smoke case: ViT-S-32-alt alone
     "formats": ([], ["formats.md", "formats.json"]),
 }
 

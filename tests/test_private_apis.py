@@ -35,7 +35,7 @@ SYMBOLS = ["reorder_linear_weight", "linear_pointwise", "is_avx512_bf16_supporte
            "register_parameter", "TorchFunctionMode", "parse_model_name", "convert_state_dict",
            "convert_to_custom_text_state_dict", "resize_pos_embed", "resize_text_pos_embed", "PreprocessCfg",
            "merge_preprocess_dict", "image_transform_v2", "_factory_download", "ResidualAttentionBlock",
-           "QuickGELU", "text_global_pool", "_shared", "DEFAULT_CONTEXT_LENGTH"]
+           "QuickGELU", "text_global_pool", "_shared", "DEFAULT_CONTEXT_LENGTH", "get_clean_fn"]
 
 
 @pytest.mark.parametrize("name", SYMBOLS)
@@ -123,6 +123,16 @@ def test_without_a_symbol_of_the_fast_path_open_clip_loads_the_model(release_wit
     with torch.inference_mode():
         ours, theirs = loaded.model.encode_text(tokens, normalize=True), reference.encode_text(tokens, normalize=True)
     assert torch.equal(ours, theirs)
+
+
+def test_without_open_clips_text_cleaning_a_hugging_face_tokenizer_refuses_in_one_line(release_without, tmp_path):
+    """SigLIP's tokenizer cleans text as open_clip's HFTokenizer does; without that function it cannot."""
+    from .support.hub_tokenizers import write_hub_tokenizer
+
+    (symbol, fallback), = release_without((open_clip.tokenizer, "get_clean_fn")).items()
+    assert symbol.endswith("tokenizer.get_clean_fn") and "refuses to start" in fallback
+    with pytest.raises(ModelLoadError, match="text cleaning"):
+        tokenizer.for_model("ViT-B-16-SigLIP", directory=str(write_hub_tokenizer(tmp_path, "t5")))
 
 
 def test_without_torch_function_mode_the_initialisers_run_on_meta(tiny_checkpoint):

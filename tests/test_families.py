@@ -265,19 +265,26 @@ def test_mobileclip2_is_reparameterised_same_vectors_and_faster(tmp_path):
     pixels = torch.stack([preprocess(image) for image in _photos()] * 3)
 
     def best(model):
+        # CPU seconds of this process on one thread: what other jobs on the machine hardly change
+        # (wall time under a load average of 7 swung by 2x between runs). Folded: ~1.45x less here.
         times = []
         with torch.inference_mode():
-            model.encode_image(pixels)
-            for _ in range(5):
-                started = time.perf_counter()
+            model.encode_image(pixels[:1])
+            for _ in range(3):
+                started = time.process_time()
                 vectors = model.encode_image(pixels, normalize=True)
-                times.append(time.perf_counter() - started)
+                times.append(time.process_time() - started)
         return min(times), vectors
 
-    folded_time, folded = best(served)
-    unfolded_time, reference = best(unfolded)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        unfolded_time, reference = best(unfolded)
+        folded_time, folded = best(served)
+    finally:
+        torch.set_num_threads(threads)
     torch.testing.assert_close(folded, reference, atol=1e-4, rtol=0)
-    assert folded_time < unfolded_time, (folded_time, unfolded_time)
+    assert folded_time < 0.9 * unfolded_time, (folded_time, unfolded_time)
 
 
 # --- preprocessing and tokenizers ---------------------------------------------------------------------

@@ -25,7 +25,7 @@ from .helpers import TESTS, TINY_MODEL
 from .support.checkpoints import write_random_checkpoint
 
 ROOT = TESTS.parent
-TIMM_MODEL = "clip-service-tiny-timm"  # a timm image tower: the fast path leaves it to open_clip
+TIMM_MODEL = "clip-service-tiny-timm"  # a timm image tower: built empty like open_clip's own
 open_clip.add_model_config(TESTS / "model_configs" / f"{TIMM_MODEL}.json")
 
 TEXTS = ["a photo of a cat", "", "two dogs playing with a red ball in a park at sunset"]
@@ -302,14 +302,37 @@ def test_convert_refuses_bad_arguments(tmp_path, tiny_checkpoint, capsys, args):
     assert not list(tmp_path.iterdir())
 
 
-def test_an_architecture_outside_the_fast_path_loads_through_open_clip(tmp_path):
+def test_a_timm_tower_takes_the_fast_path_and_loads_as_open_clip_does(tmp_path):
     torch.manual_seed(0)
     checkpoint = tmp_path / "timm.pt"
     torch.save(open_clip.create_model(TIMM_MODEL).state_dict(), checkpoint)
-    assert not loading._fast_path_covers(TIMM_MODEL, str(checkpoint))
+    assert loading._fast_path_covers(TIMM_MODEL, str(checkpoint))
+    loaded = loading.load_model(TIMM_MODEL, str(checkpoint), "cpu", prepack=False)
+    assert "build" in loaded.seconds
+    _assert_same_model(loaded, _reference(TIMM_MODEL, str(checkpoint)), TIMM_MODEL)
+
+
+def test_a_timm_tower_whose_empty_build_fails_loads_through_open_clip(tmp_path, monkeypatch, caplog):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "timm.pt"
+    torch.save(open_clip.create_model(TIMM_MODEL).state_dict(), checkpoint)
+
+    def fails(*args, **kwargs):
+        raise TypeError("a timm layer this build does not cover")
+
+    monkeypatch.setattr(loading, "build_empty", fails)
     loaded = loading.load_model(TIMM_MODEL, str(checkpoint), "cpu", prepack=False)
     assert set(loaded.seconds) == {"open_clip"}
+    assert any("loading through open_clip" in r.getMessage() for r in caplog.records)
     _assert_same_model(loaded, _reference(TIMM_MODEL, str(checkpoint)), TIMM_MODEL)
+
+
+def test_an_architecture_outside_the_fast_path_loads_through_open_clip(tiny_model_dir):
+    spec = f"local-dir:{tiny_model_dir}"
+    checkpoint = str(tiny_model_dir / "open_clip_pytorch_model.bin")
+    assert not loading._fast_path_covers(spec, checkpoint)
+    loaded = loading.load_model(spec, checkpoint, "cpu", prepack=False)
+    assert set(loaded.seconds) == {"open_clip"}
 
 
 def _python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -13,9 +13,10 @@ on the tiny model and on ViT-B-32): the architecture config and QuickGELU
 rule, the checkpoint forms ``open_clip.load_checkpoint`` accepts, strict key
 and shape checks, the tag's download through open_clip (tags.py), and the
 preprocessing (preprocessing.py). Architectures this path does not cover
-(hf-hub:/local-dir: names, timm or Hugging Face towers, big_vision .npz
+(hf-hub:/local-dir: names, Hugging Face text towers, big_vision .npz
 files), or a release of torch or open_clip without what it needs
-(private_apis.py), load through open_clip itself.
+(private_apis.py), load through open_clip itself; so does a timm tower whose
+empty build fails (a warning says so).
 """
 
 from __future__ import annotations
@@ -96,9 +97,18 @@ def load_model(model_name: str, pretrained: str, device: str, *, cache_dir: str 
             f"To run offline, set CLIP_PRETRAINED to a local checkpoint path."
         )
     try:
+        loaded = None
         if _fast_path_covers(model_name, pretrained):
-            loaded = _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision, tokenizer)
-        else:
+            try:
+                loaded = _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision, tokenizer)
+            except Exception as exc:
+                if not families.needs_timm(families.model_config(model_name)) or isinstance(exc, ModelLoadError):
+                    raise
+                # A timm tower the empty build does not cover (the families served are checked in
+                # tests/test_families.py): open_clip's own load, which refuses a bad checkpoint itself.
+                log.warning("the fast load of %s's timm tower failed (%s); loading through open_clip",
+                            model_name, short_cause(exc))
+        if loaded is None:
             loaded = _load_with_open_clip(model_name, pretrained, tag_cfg, device, cache_dir, prepack, precision,
                                           tokenizer)
         families.check_built(model_name, loaded.model)
@@ -116,13 +126,17 @@ def load_model(model_name: str, pretrained: str, device: str, *, cache_dir: str 
 
 
 def _fast_path_covers(model_name: str, pretrained: str) -> bool:
-    """open_clip's own towers from a built-in config; the rest goes through open_clip."""
+    """A built-in config whose towers are open_clip's or timm's; the rest goes through open_clip.
+
+    A timm image tower (ConvNeXt, SigLIP's ViT, MobileCLIP's FastViT) builds on
+    meta like open_clip's own: its initialisers are skipped and the checkpoint
+    assigned (bitwise open_clip's load, tests/test_families.py's converter test).
+    """
     if not private_apis.FAST_PATH:
         return False
     schema, _ = private_apis.parse_model_name(model_name)
     cfg = open_clip.get_model_config(model_name.replace("/", "-")) if schema is None else None
-    return (cfg is not None and "timm_model_name" not in cfg.get("vision_cfg", {})
-            and "hf_model_name" not in cfg.get("text_cfg", {})
+    return (cfg is not None and "hf_model_name" not in cfg.get("text_cfg", {})
             and Path(pretrained).suffix not in (".npz", ".npy"))
 
 
@@ -154,6 +168,8 @@ def _load_fast(model_name, pretrained, tag_cfg, device, cache_dir, prepack, prec
         quick_gelu, preprocess_overlay = _file_settings(model_name, path)
     seconds["resolve"] = lap()
 
+    if families.needs_timm(families.model_config(model_name)):
+        private_apis.ensure_timm()
     model = build_empty(model_name, quick_gelu=quick_gelu)
     seconds["build"] = lap()
     state_dict = fit_state_dict(model, read_state_dict(path))

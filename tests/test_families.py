@@ -493,3 +493,10 @@ def test_the_full_size_family_gives_open_clips_vectors_and_scores(model_name, to
     for row, answer in zip(_expected_scores(loaded, images @ labels.T), body["results"]):
         got = {entry["label"]: entry["score"] for entry in answer}
         np.testing.assert_allclose([got[label] for label in LABELS], row, atol=1e-5)
+
+
+def test_an_hf_hub_model_out_of_reach_is_one_line_naming_local_dir(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="local-dir:") as refused:
+        load_model("hf-hub:timm/ViT-B-16-SigLIP2", "unused", "cpu")
+    assert "\n" not in str(refused.value)

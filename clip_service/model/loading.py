@@ -82,7 +82,14 @@ def load_model(model_name: str, pretrained: str, device: str, *, cache_dir: str 
     refused = families.refusal(model_name, families.model_config(model_name))
     if refused:
         raise UnsupportedModelError(refused)
-    tokenizer = tokenizer_for(model_name, directory=tokenizer_dir, cache_dir=cache_dir)
+    try:
+        tokenizer = tokenizer_for(model_name, directory=tokenizer_dir, cache_dir=cache_dir)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # open_clip's get_tokenizer for an hf-hub: name may reach the hub, or transformers
+        raise ModelLoadError(f"cannot build the tokenizer of model {model_name!r}: {short_cause(exc)}. An hf-hub: "
+                             f"model is read from the hub at start; offline, name its downloaded folder as "
+                             f"CLIP_MODEL=local-dir:/path") from exc
     if precision == "auto":
         precision = "bf16" if prepack and device == "cpu" and prepacked.bf16_native() else "fp32"
     elif precision != "fp32" and not (prepack and device == "cpu"):

@@ -59,6 +59,8 @@ def for_model(model_name: str, *, directory: str = "", cache_dir: str | None = N
             and not {"hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_mode"} & text.keys()
             and text.get("context_length", default_context) == shared.context_length == default_context):
         return bounded(shared)
+    if model_name.startswith("hf-hub:"):
+        private_apis.ensure_hub()  # open_clip reads such a model's config from the hub
     return bounded(open_clip.get_tokenizer(model_name))
 
 

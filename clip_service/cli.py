@@ -40,13 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="INPUT: a folder (image files, recursively), a .csv or .jsonl file with an id column and a text, "
                "url or path column, or any other file as a list of image URLs (one a line). OUT: name.parquet "
                "(a directory of part files) or name.npy (plus name.ids.txt and name.errors.csv). Without --url "
-               "the model runs in this process with the CLIP_* settings of the service.")
+               "the model runs in this process with the CLIP_* settings of the service; with --ray, in Ray actors.")
     embed.add_argument("input", metavar="INPUT")
     embed.add_argument("--output", "-o", required=True, metavar="OUT", help="name.parquet or name.npy")
     embed.add_argument("--url", help="a running clip-service to send the items to (else: the model in-process)")
+    embed.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                       help="run as a Ray Data job on the cluster at ADDRESS (ray://head:10001, auto, host:port); "
+                            "without ADDRESS on $RAY_ADDRESS, else a local Ray (pip install 'clip-service[ray]')")
+    embed.add_argument("--actors", type=_positive(int), default=1,
+                       help="with --ray: actors, each with the model loaded (default 1)")
+    embed.add_argument("--cpus-per-actor", type=_positive(float),
+                       help="with --ray: CPUs Ray reserves per actor (default CLIP_BATCH_RUNNERS x CLIP_TORCH_THREADS)")
+    embed.add_argument("--gpus-per-actor", type=_positive(float), help="with --ray: GPUs per actor (e.g. 1)")
     embed.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
                        help=f"the service's API key (default: ${API_KEY_ENV})")
-    embed.add_argument("--concurrency", "-c", type=_positive(int), default=4, help="batches in flight (default 4)")
+    embed.add_argument("--concurrency", "-c", type=_positive(int), default=4,
+                       help="batches in flight (with --ray: per actor; default 4)")
     embed.add_argument("--batch-size", type=_positive(int),
                        help="items per batch (default and maximum: the service's limit per request)")
     embed.add_argument("--retry-failed", action="store_true", help="embed again the items whose row is an error")
@@ -84,22 +93,30 @@ def embed_command(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return _fail(f"the embed command needs {exc.name}: pip install 'clip-service[bulk]'", EXIT_USAGE)
     from .bulk.inputs import InputError, read_items
+    from .bulk.ray.job import ClusterError, ModelCannotLoad
     from .client import ClipClientError
 
+    if args.ray is not None and args.url:
+        return _fail("--ray and --url are two places to run the model: choose one", EXIT_USAGE)
     with _logs(args.verbose), _stop_signals():
-        backend = store = job = None
+        backend = store = job = settings = None
         try:
             if args.url:  # a wrong URL or key stops here, before INPUT is read
                 from .bulk.remote import RemoteBackend
 
                 backend = RemoteBackend(args.url, api_key=args.api_key, concurrency=args.concurrency,
                                         timeout=args.timeout, deadline=args.deadline, dtype=args.dtype)
+            elif args.ray is not None:  # a bad setting stops here, in the driver: before INPUT, Ray or any actor
+                settings = _settings()
+                _needs_ray()
             items = read_items(args.input)
             is_npy = output.suffix.lower() == ".npy"
             store = bulk_store.PartStore(output.with_name(output.name + ".parts") if is_npy else output).open()
-            if backend is None:  # the model loads only once INPUT and OUT are known to be usable
+            if settings is not None:  # --ray: the model loads in the actors, not here
+                job = _ray_job(args, items, store, settings)
+            elif backend is None:  # the model loads only once INPUT and OUT are known to be usable
                 backend = _local_backend()
-            job = bulk_run.BulkRun(items, store, backend, bulk_run.Options(
+            job = job or bulk_run.BulkRun(items, store, backend, bulk_run.Options(
                 concurrency=args.concurrency, batch_size=args.batch_size, flush_rows=args.flush_rows,
                 flush_seconds=args.flush_seconds, retry_failed=args.retry_failed, dtype=args.dtype,
                 progress=sys.stderr.isatty() if args.progress is None else args.progress))
@@ -119,8 +136,10 @@ def embed_command(args: argparse.Namespace) -> int:
             return _fail(_stopped("interrupted", job), EXIT_INTERRUPTED)
         except InputError as exc:
             return _fail(str(exc), EXIT_USAGE)
-        except ClipClientError as exc:
+        except (ClipClientError, ClusterError) as exc:
             return _fail(_stopped(str(exc), job), EXIT_SERVICE)
+        except ModelCannotLoad as exc:  # on the Ray workers: the service's line and status
+            return _fail(refusal_line(exc), EXIT_MODEL_LOAD)
         except _SettingsError as exc:
             return _fail(str(exc), exc.status)
         except OSError as exc:  # the output cannot be written (disk full, permissions)
@@ -140,14 +159,39 @@ class _SettingsError(Exception):
         self.status = status
 
 
-def _local_backend():
-    from .bulk.inputs import InputError
+def _settings():
     from .config import ConfigError, Settings
 
     try:
-        settings = Settings.from_env()
+        return Settings.from_env()
     except ConfigError as exc:
         raise _SettingsError(refusal_line(exc), EXIT_BAD_SETTINGS) from None
+
+
+def _needs_ray() -> None:
+    from .bulk.inputs import InputError
+
+    try:
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise InputError(f"--ray needs {exc.name}: pip install 'clip-service[ray]'") from None
+
+
+def _ray_job(args: argparse.Namespace, items, store, settings):
+    from .bulk.ray.job import RayJob, RayOptions
+
+    return RayJob(items, store, settings, RayOptions(
+        address=args.ray or None, actors=args.actors, concurrency=args.concurrency,
+        cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor or 0, batch_size=args.batch_size,
+        flush_rows=args.flush_rows, flush_seconds=args.flush_seconds, retry_failed=args.retry_failed,
+        dtype=args.dtype, progress=sys.stderr.isatty() if args.progress is None else args.progress,
+        verbose=args.verbose))
+
+
+def _local_backend():
+    from .bulk.inputs import InputError
+
+    settings = _settings()
     try:
         from .bulk.local import LocalBackend
         from .model.errors import ModelLoadError

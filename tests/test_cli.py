@@ -453,7 +453,7 @@ def test_pyproject_names_the_command_and_reads_extras_from_the_requirements_file
 def test_pip_install_gives_the_command_and_a_client_without_torch(server, app, folder, tmp_path):
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-bulk.txt"):
+    for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-bulk.txt", "requirements-ray.txt"):
         (source / name).write_bytes((ROOT / name).read_bytes())
     subprocess.run(["cp", "-r", str(ROOT / "clip_service"), str(source / "clip_service")], check=True)
     venv = tmp_path / "venv"

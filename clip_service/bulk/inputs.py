@@ -24,13 +24,14 @@ class InputError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One thing to embed: ``value`` is the text, the URL or the local file's path."""
+    """One thing to embed: ``value`` is the text, the URL or the local file's path (or ``data``, an image's bytes)."""
 
     id: str
     modality: str  # "text" or "image"
     value: str
     is_path: bool = False
     problem: tuple[str, str] | None = None  # (code, message) when the row fails without being sent
+    data: bytes | None = None  # an image given as its bytes (a Ray dataset's bytes column), not by name
 
 
 def read_items(source: str | os.PathLike) -> list[Item]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 
@@ -66,7 +67,9 @@ class LocalBackend:
         sources, positions = [], []
         with contextlib.ExitStack() as files:
             for i, item in enumerate(items):
-                if item.is_path:
+                if item.data is not None:
+                    sources.append(Upload(io.BytesIO(item.data)))
+                elif item.is_path:
                     try:
                         sources.append(Upload(files.enter_context(open(item.value, "rb"))))
                     except OSError as exc:

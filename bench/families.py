@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import (  # noqa: E402
     CACHE,
     PHOTOS,
-    SMOKE,
     checkpoint,
     make_texts,
     photo_server,

@@ -13,7 +13,6 @@ MobileCLIP2-S0 are checked once each (e2e).
 from __future__ import annotations
 
 import base64
-import io
 import json
 import shutil
 import subprocess

@@ -31,6 +31,7 @@ CASES = {
     "memory": ([], ["memory.md", "memory.json"]),
     "lone_request": (["--rounds", "1", "--alone"], ["lone_request.md", "lone_request.json"]),
     "bulk": (["--images", "4", "--rounds", "1"], ["bulk-4.md", "bulk-4.json"]),
+    "ray_bulk": (["--images", "8", "--rounds", "1"], ["ray_bulk-8.md", "ray_bulk-8.json"]),
     "cache": ([], ["cache.md", "cache.json"]),
     "slow_clients": ([], ["slow_clients.md", "slow_clients.json"]),
     "text_encode": (["--rounds", "1"], []),

@@ -9,6 +9,7 @@ as it would against a cluster. The service to compare with is built from the ver
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -27,7 +28,10 @@ import ray.data
 from PIL import Image
 
 from clip_service import create_app
-from clip_service.bulk.ray import embed_dataset
+from clip_service.bulk.ray import ClipEmbed, embed_dataset
+from clip_service.bulk.store import ModelStamp
+from clip_service.bulk.store import schema as store_schema
+from clip_service.bulk.store import stored as stored_vector
 from clip_service.client.sources import data_uri
 from clip_service.config import ConfigError, Settings
 
@@ -188,6 +192,35 @@ def test_two_hundred_mixed_items_give_the_services_vectors_and_codes(ray_address
         table.column_names)
     stamp = json.loads(table.schema.metadata[b"clip_service"])
     assert stamp["dimensions"] == 32 and stamp["dtype"] == "float32"
+
+
+@pytest.fixture
+def in_this_process():
+    """ClipEmbeds built here, closed after the test; the root logger's level and torch's threads as they were
+    (an actor's process is its own: it quiets its logs and sets its threads, as the command does)."""
+    import torch
+
+    root, threads, made = logging.getLogger(), torch.get_num_threads(), []
+    level = root.level
+    yield made
+    for step in reversed(made):
+        step.backend.close()
+    root.setLevel(level)
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", "binary"])
+def test_the_step_stores_the_commands_dtypes(dtype, settings, image_server, in_this_process):
+    # ClipEmbed is a plain class: called here, in this process, it is what each actor runs.
+    batch = pa.table({"id": ["cat", "coffee", "gone"], "text": ["a photo of a cat", None, None],
+                      "url": [None, image_server.url("/coffee_0.jpg"), image_server.url("/gone.jpg")]})
+    in_this_process.extend([ClipEmbed(settings), ClipEmbed(settings, dtype=dtype)])
+    floats, stored = (step(batch) for step in in_this_process)
+    stamp = ModelStamp(**json.loads(stored.schema.metadata[b"clip_service"]))
+    assert stamp.dtype == dtype and stored.schema.field("vector").type == store_schema(32, stamp).field("vector").type
+    for as_float, as_stored in zip(floats.column("vector").to_pylist()[:2], stored.column("vector").to_pylist()):
+        np.testing.assert_array_equal(as_stored, stored_vector(np.array(as_float, dtype=np.float32), stamp))
+    assert stored.column("vector").to_pylist()[2] is None and stored.column("error_code").to_pylist()[2]
 
 
 def test_a_bad_setting_fails_in_the_driver_before_any_actor(ray_address, settings):

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from ...config import Settings
+from .. import DTYPES
 from ..inputs import Item
 from ..store import METADATA_KEY, Row, schema, vector_column
 
@@ -50,6 +51,8 @@ def embed_dataset(dataset, settings: Settings | None = None, *, actors: int = 1,
 
     settings = Settings.from_env() if settings is None else settings
     settings.validate()
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     return dataset.map_batches(
         ClipEmbed, fn_constructor_kwargs={"settings": settings, "dtype": dtype, "verbose": verbose},
         batch_format="pyarrow", batch_size=batch_size or settings.limits.max_urls,
@@ -85,8 +88,7 @@ class ClipEmbed:
 
     def __call__(self, batch: Any) -> pa.Table:
         table = _as_table(batch)
-        ids, items = _items(table)
-        return self._table(table, ids, self._rows(items))
+        return self._table(table, self._rows(_items(table)))
 
     def _rows(self, items: list[Item]) -> list[Row]:
         rows: list[Row | None] = [Row(item.id, item.modality, None, *item.problem) if item.problem else None
@@ -99,13 +101,11 @@ class ClipEmbed:
                     rows[i] = row
         return rows
 
-    def _table(self, table: pa.Table, ids: list[str], rows: list[Row]) -> pa.Table:
-        out = pa.Table.from_arrays(
-            [pa.array(ids, pa.string()), pa.array([r.modality for r in rows], pa.string()),
-             vector_column(rows, self.stamp),
-             pa.array([r.error_code for r in rows], pa.string()), pa.array([r.error_message for r in rows],
-                                                                          pa.string())],
-            schema=self.schema)
+    def _table(self, table: pa.Table, rows: list[Row]) -> pa.Table:
+        out = pa.Table.from_arrays([
+            pa.array([r.id for r in rows], pa.string()), pa.array([r.modality for r in rows], pa.string()),
+            vector_column(rows, self.stamp), pa.array([r.error_code for r in rows], pa.string()),
+            pa.array([r.error_message for r in rows], pa.string())], schema=self.schema)
         kept = [name for name in table.column_names if name not in ("id", *WRITTEN, *DROPPED)]
         for position, name in enumerate(kept, 1):  # the batch's own columns after the id, as they came
             out = out.add_column(position, table.schema.field(name), table.column(name))
@@ -120,7 +120,7 @@ def _as_table(batch: Any) -> pa.Table:
     return pa.table({name: list(values) for name, values in batch.items()})
 
 
-def _items(table: pa.Table) -> tuple[list[str], list[Item]]:
+def _items(table: pa.Table) -> list[Item]:
     """The batch's rows as the command's items (a row's problem, if any, as its error)."""
     names = set(table.column_names)
     if "id" not in names:
@@ -143,7 +143,7 @@ def _items(table: pa.Table) -> tuple[list[str], list[Item]]:
         else:
             items.append(_item(item_id, {name: values[i] for name, values in content.items()
                                          if values[i] not in (None, "", b"")}))
-    return [item.id for item in items], items
+    return items
 
 
 def _item(item_id: str, given: dict[str, Any]) -> Item:

@@ -87,7 +87,7 @@ class RayJob:
             self.store.check_model(stamp)
             if options.retry_failed:
                 self.store.drop_failed()
-            ray.data.DataContext.get_current().enable_progress_bars = options.progress
+            _ray_data_output(options.progress, options.verbose)
             size = options.batch_size or self.settings.limits.max_urls
             dataset = embed_dataset(
                 ray.data.from_arrow(list(_blocks(self.todo, size))), self.settings, actors=options.actors,
@@ -175,19 +175,28 @@ def connected(address: str | None, verbose: bool) -> Iterator[None]:
     finally:
         with contextlib.suppress(ValueError):  # not the main thread
             signal.signal(signal.SIGTERM, sigterm)
-    # Ray Data's plan and progress lines are INFO: shown with --verbose; its bars with --progress (and
-    # without them, not its warning that they are off).
-    logging.getLogger("ray.data").setLevel(quiet)
-    logging.getLogger("ray.data._internal.progress").setLevel(quiet if verbose else logging.ERROR)
     try:
         yield
     finally:
         ray.shutdown()
 
 
+def _ray_data_output(progress: bool, verbose: bool) -> None:
+    """Ray Data's bars with --progress (where stdout is no terminal, its progress lines: INFO), its plan with
+    --verbose too; with neither, its warnings only, and not the one that says the bars are off."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    shown = progress or verbose
+    logging.getLogger("ray.data").setLevel(logging.INFO if shown else logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.INFO if shown else logging.ERROR)
+
+
 def _answers(address: str, timeout: float = 10.0) -> None:
     """Raise ClusterError unless something accepts a connection at ``address`` (ray.init would wait for minutes)."""
-    host, _, port = address.split("://")[-1].rpartition(":")
+    host, colon, port = address.split("://")[-1].rpartition(":")
+    if not colon:
+        return  # no port (ray://head): Ray's default, Ray's own check
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except ValueError:

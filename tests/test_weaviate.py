@@ -7,7 +7,6 @@ import http.client
 import json
 import logging
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from werkzeug.serving import make_server
 
 from clip_service import create_app
 from clip_service.model.embedder import ClipEmbedder
+from clip_service.ops.readiness import Readiness
 from clip_service.web.weaviate import views as weaviate
 
 from .helpers import TINY_MODEL, image_bytes
@@ -349,15 +349,17 @@ def test_ready_is_cheap_and_runs_no_inference(app, monkeypatch):
 
 def test_ready_fails_when_the_worker_is_not_healthy(tiny_checkpoint, monkeypatch):
     embedder = ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu")  # broken on purpose: not shared
-    app = weaviate_app(embedder, ready_cache_seconds=0.01)
+    app = weaviate_app(embedder)
+    # The probe on a clock the test moves: the cached failure expires without waiting it out.
+    now = [100.0]
+    readiness = app.extensions["clip_readiness"] = Readiness(embedder, ttl=5, timeout=1, clock=lambda: now[0])
     client = app.test_client()
-    readiness = app.extensions["clip_readiness"]
     monkeypatch.setattr(embedder, "probe", lambda timeout: False)
     assert not readiness.warm_up()  # the warm-up's inference failed
     assert_error(client.get("/.well-known/ready"), 503, "not ready")
     assert client.get("/.well-known/live").status_code == 204  # alive, only not ready
     monkeypatch.undo()
-    time.sleep(0.02)
+    now[0] += 6
     assert readiness()  # the next readiness inference succeeds
     assert client.get("/.well-known/ready").status_code == 204
 

@@ -267,12 +267,13 @@ def test_the_document_shows_an_example_of_each_format(client):
 
 # --- the cache keeps float32 once ----------------------------------------------------------------------
 
-def test_a_vector_cached_in_one_format_serves_every_format(make_app):
+def test_a_vector_cached_in_one_format_serves_every_format(make_app, monkeypatch):
     app = make_app(cache_mb=8)
     client = app.test_client()
     embedder = app.extensions["clip_pipeline"].embedder
     passes: list[int] = []
-    embedder.on_batch = lambda modality, size, seconds: passes.append(size)
+    # The embedder is the session's shared one: its metrics callback is put back after the test.
+    monkeypatch.setattr(embedder, "on_batch", lambda modality, size, seconds: passes.append(size))
     int8 = float_answer(client, "/embed/text", {"texts": TEXTS, "encoding": "int8"})
     assert sum(passes) == len(TEXTS)
     floats = np.asarray(float_answer(client, "/embed/text", {"texts": TEXTS})["embeddings"], dtype=np.float32)

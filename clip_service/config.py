@@ -192,10 +192,13 @@ class ServerSettings:
                                 "timeout = 0)", minimum=0)
     graceful_timeout: int = _setting(8, "seconds in-flight requests get after SIGTERM (0: none, stop at once)",
                                      minimum=0)
-    max_requests: int = _setting(2000, "a worker is recycled after about this many requests (0: never, as "
-                                       "Gunicorn's max_requests = 0)", minimum=0)
-    max_requests_jitter: int = _setting(200, "random extra requests so workers do not recycle together (0: none, "
-                                             "exactly CLIP_MAX_REQUESTS)", minimum=0)
+    # A recycle stops a worker's traffic for ~1.5 s under load (drain, exit, fork, warm-up) and costs
+    # 0.4-1 CPU s (BENCHMARKS.md, #28): at 2,000 that was 2-5% of a busy worker's throughput. The soak
+    # (bench/memory.py) finds the RSS flat after the first 500 requests, so 20,000 still bounds the growth.
+    max_requests: int = _setting(20_000, "a worker is recycled after about this many requests (0: never, as "
+                                         "Gunicorn's max_requests = 0)", minimum=0)
+    max_requests_jitter: int = _setting(2_000, "random extra requests so workers do not recycle together (0: none, "
+                                               "exactly CLIP_MAX_REQUESTS)", minimum=0)
     ready_cache_seconds: float = _setting(5.0, "how long a readiness probe's inference result is reused (0: every "
                                                "probe runs one)", minimum=0)
     ready_timeout: float = _setting(10.0, "readiness fails when the model stays busy this long")

@@ -149,3 +149,12 @@ def _no_proxy(monkeypatch):
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def in_process(monkeypatch, tiny_checkpoint, image_server):
+    """The CLIP_* settings for the model in-process (the bulk command): the tiny model, as ``app`` has it (fp32)."""
+    for name, value in {"CLIP_MODEL": TINY_MODEL, "CLIP_PRETRAINED": str(tiny_checkpoint), "CLIP_JPEG_DRAFT": "0",
+                        "CLIP_PRECISION": "fp32",
+                        "CLIP_FETCH_ALLOW": f"{image_server.host}:{image_server.port}"}.items():
+        monkeypatch.setenv(name, value)

@@ -38,14 +38,6 @@ def server(app):
         yield live
 
 
-@pytest.fixture
-def in_process(monkeypatch, tiny_checkpoint, image_server):
-    """The CLIP_* settings for the model in-process: the tiny model, as the ``app`` fixture has it (fp32)."""
-    for name, value in {"CLIP_MODEL": TINY_MODEL, "CLIP_PRETRAINED": str(tiny_checkpoint), "CLIP_JPEG_DRAFT": "0",
-                        "CLIP_PRECISION": "fp32",
-                        "CLIP_FETCH_ALLOW": f"{image_server.host}:{image_server.port}"}.items():
-        monkeypatch.setenv(name, value)
-
 
 @pytest.fixture
 def folder(tmp_path, photos) -> Path:

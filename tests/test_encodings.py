@@ -348,13 +348,6 @@ BULK_FORMATS = {"float32": ("float", "float"), "float16": ("float16", "halffloat
                 "binary": ("ubinary", "uint8")}
 
 
-@pytest.fixture
-def in_process(monkeypatch, tiny_checkpoint, image_server):
-    for name, value in {"CLIP_MODEL": TINY_MODEL, "CLIP_PRETRAINED": str(tiny_checkpoint), "CLIP_JPEG_DRAFT": "0",
-                        "CLIP_PRECISION": "fp32",
-                        "CLIP_FETCH_ALLOW": f"{image_server.host}:{image_server.port}"}.items():
-        monkeypatch.setenv(name, value)
-
 
 @pytest.mark.parametrize("mode", ["url", "in-process"])
 @pytest.mark.parametrize("dtype", list(BULK_FORMATS))

@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 # Files a folder contributes, by suffix. Formats the service cannot decode (TIFF, HEIC, AVIF...)
 # are included on purpose: they become rows with unsupported_format instead of vanishing.
@@ -104,22 +104,33 @@ def _table(rows: Iterable[dict], path: Path, kind: str) -> Iterator[Item]:
         if raw_id is None or str(raw_id).strip() == "":
             raise InputError(f"{path}, row {number}: no id")
         item_id = _text_id(str(raw_id))
-        given = {c: row[c] for c in CONTENT_COLUMNS if row.get(c) not in (None, "")}
-        if len(given) != 1:
-            problem = ("invalid_input", "the row has none of text, url and path" if not given
-                       else f"the row has more than one of text, url and path ({', '.join(given)})")
-            yield Item(item_id, "image" if "text" not in given else "text", "", problem=problem)
-            continue
-        column, value = next(iter(given.items()))
-        if not isinstance(value, str):
-            yield Item(item_id, "text" if column == "text" else "image", "",
-                       problem=("invalid_input", f"{column} must be a string"))
-        elif column == "text":
-            yield Item(item_id, "text", value)
-        elif column == "url":
-            yield Item(item_id, "image", value.strip())
-        else:
-            yield Item(item_id, "image", str(base / value), is_path=True)
+        yield row_item(item_id, {c: row[c] for c in CONTENT_COLUMNS if row.get(c) not in (None, "")}, base=base)
+
+
+def row_item(item_id: str, given: dict[str, Any], *, base: Path | None = None,
+             columns: Sequence[str] = CONTENT_COLUMNS) -> Item:
+    """The item of a row whose non-empty content columns are ``given`` (exactly one of ``columns`` is valid).
+
+    A ``path`` is taken relative to ``base`` when there is one; ``bytes`` (Ray's batches) are an image's file.
+    """
+    if len(given) != 1:
+        names = ", ".join(columns[:-1]) + " and " + columns[-1]
+        problem = ("invalid_input", f"the row has none of {names}" if not given
+                   else f"the row has more than one of {names} ({', '.join(given)})")
+        return Item(item_id, "text" if "text" in given else "image", "", problem=problem)
+    column, value = next(iter(given.items()))
+    if column == "bytes":
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return Item(item_id, "image", "", data=bytes(value))
+        return Item(item_id, "image", "", problem=("invalid_input", "bytes must be binary"))
+    if not isinstance(value, str):
+        return Item(item_id, "text" if column == "text" else "image", "",
+                    problem=("invalid_input", f"{column} must be a string"))
+    if column == "text":
+        return Item(item_id, "text", value)
+    if column == "url":
+        return Item(item_id, "image", value.strip())
+    return Item(item_id, "image", str(base / value) if base is not None else value, is_path=True)
 
 
 def _text_id(value: str) -> str:

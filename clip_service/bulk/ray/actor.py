@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ...config import Settings
 from .. import DTYPES
-from ..inputs import Item
+from ..inputs import Item, row_item
 from ..store import METADATA_KEY, Row, schema, vector_column
 
 # What a row may name, exactly one of (the command's CSV and JSONL columns, and an image's bytes).
@@ -141,30 +141,9 @@ def _items(table: pa.Table) -> list[Item]:
         if codes[i] is not None:
             items.append(Item(item_id, modalities[i] or "image", "", problem=(codes[i], messages[i] or "")))
         else:
-            items.append(_item(item_id, {name: values[i] for name, values in content.items()
-                                         if values[i] not in (None, "", b"")}))
+            items.append(row_item(item_id, {name: values[i] for name, values in content.items()
+                                            if values[i] not in (None, "", b"")}, columns=CONTENT))
     return items
-
-
-def _item(item_id: str, given: dict[str, Any]) -> Item:
-    """One row as an item; the rules of the command's CSV and JSONL rows (bulk/inputs.py), with bytes besides."""
-    if len(given) != 1:
-        problem = ("invalid_input", "the row has none of text, url, path and bytes" if not given
-                   else f"the row has more than one of text, url, path and bytes ({', '.join(given)})")
-        return Item(item_id, "text" if "text" in given else "image", "", problem=problem)
-    column, value = next(iter(given.items()))
-    if column == "bytes":
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return Item(item_id, "image", "", data=bytes(value))
-        return Item(item_id, "image", "", problem=("invalid_input", "bytes must be binary"))
-    if not isinstance(value, str):
-        return Item(item_id, "text" if column == "text" else "image", "",
-                    problem=("invalid_input", f"{column} must be a string"))
-    if column == "text":
-        return Item(item_id, "text", value)
-    if column == "url":
-        return Item(item_id, "image", value.strip())
-    return Item(item_id, "image", value, is_path=True)
 
 
 def stamp_of(table: pa.Table) -> dict | None:

@@ -7,12 +7,13 @@ import numpy as np
 import open_clip
 import pytest
 import requests
+import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from clip_service import create_app
 from clip_service.config import Settings
-from clip_service.model import prepacked, private_apis
+from clip_service.model import prepacked, preprocessing, private_apis
 from clip_service.model.embedder import ClipEmbedder
 from clip_service.pipeline import cache_keys
 
@@ -177,6 +178,55 @@ LABELS = list(IMAGENET_CLASSNAMES)[::10]
 TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a drawing of a {}.", "a close-up photo of the {}."]
 FIDELITY_TEXTS = [t.format(label) for label in LABELS for t in TEMPLATES] + \
     ["", "🚀", "two dogs playing with a red ball in a park at sunset " * 6]
+
+
+# --- bf16's image transform ---------------------------------------------------------------------
+
+def _open_clip_transform(size: int = 224, **settings):
+    """open_clip's inference transform for ``settings`` (CLIP's standard one without any)."""
+    cfg = private_apis.PreprocessCfg(size=size, **settings)
+    return private_apis.image_transform_v2(cfg, is_train=False)
+
+
+def _transform_inputs() -> list[Image.Image]:
+    photo = Image.open(FIXTURES / "chelsea_0.jpg").convert("RGB")
+    return [photo, photo.rotate(90, expand=True), Image.open(FIXTURES / "coffee_0.jpg").convert("RGB"),
+            Image.open(FIXTURES / "camera.png"), photo.resize((50, 40)), photo.resize((224, 300)),
+            ImageOps.grayscale(photo)]
+
+
+def test_the_torch_resize_is_open_clips_transform_within_two_steps():
+    """CLIP's standard transform with the resize in torch: the same shape and pixels within 2 steps in 255
+    (1 on photos; a few at hard edges), for landscape, portrait, upsampled, unresized and greyscale images."""
+    theirs = _open_clip_transform()
+    ours = preprocessing.torch_resize_transform(theirs)
+    assert isinstance(ours, preprocessing.TorchResizeTransform)
+    std = torch.tensor(ours.std).view(3, 1, 1)
+    for image in _transform_inputs():
+        got, expected = ours(image), theirs(image)
+        assert got.shape == expected.shape == (3, 224, 224) and got.dtype == torch.float32
+        assert float(((got - expected).abs() * std).max()) <= 2.01 / 255, image.size
+
+
+@pytest.mark.parametrize("settings", [{"resize_mode": "squash"}, {"resize_mode": "longest"},
+                                      {"interpolation": "bilinear"}], ids=lambda s: next(iter(s.values())))
+def test_any_other_transform_stays_open_clips(settings):
+    assert preprocessing.torch_resize_transform(_open_clip_transform(**settings)) is None
+
+
+def test_without_open_clips_rgb_step_the_transform_stays_open_clips(monkeypatch):
+    monkeypatch.setattr(private_apis, "MaybeConvertMode", None)
+    assert preprocessing.torch_resize_transform(_open_clip_transform()) is None
+
+
+@needs_bf16
+def test_bf16_resizes_in_torch_and_fp32_keeps_pillow(tiny_checkpoint):
+    """fp32 keeps open_clip's transform (its vectors to 1e-5); bf16 takes the torch resize, and its repr (part
+    of the cache keys) says so."""
+    fp32, bf16 = (ClipEmbedder.load(TINY_MODEL, str(tiny_checkpoint), "cpu", precision=p) for p in ("fp32", "bf16"))
+    assert not isinstance(fp32.preprocess, preprocessing.TorchResizeTransform)
+    assert isinstance(bf16.preprocess, preprocessing.TorchResizeTransform)
+    assert "torch" in repr(bf16.preprocess) and cache_keys(bf16) != cache_keys(fp32)
 
 
 def _fidelity_images() -> list[Image.Image]:

@@ -35,7 +35,7 @@ SYMBOLS = ["reorder_linear_weight", "linear_pointwise", "is_avx512_bf16_supporte
            "register_parameter", "TorchFunctionMode", "parse_model_name", "convert_state_dict",
            "convert_to_custom_text_state_dict", "resize_pos_embed", "resize_text_pos_embed", "PreprocessCfg",
            "merge_preprocess_dict", "image_transform_v2", "_factory_download", "ResidualAttentionBlock",
-           "QuickGELU", "text_global_pool", "_shared", "DEFAULT_CONTEXT_LENGTH", "get_clean_fn"]
+           "QuickGELU", "text_global_pool", "_shared", "DEFAULT_CONTEXT_LENGTH", "get_clean_fn", "MaybeConvertMode"]
 
 
 @pytest.mark.parametrize("name", SYMBOLS)

@@ -119,6 +119,8 @@ def measure(service, table: dict, seconds: float, ours: bool) -> dict:
             passes = after[modality][1] - before.get(modality, (0, 0))[1]
             result["mean_batch"] = items_run / passes if passes else 0.0
         out[name] = result
+        if result["failures"]:
+            print(f"    {name}: {result['failures']} of {result['requests']} requests failed", flush=True)
         print(f"    {name}: {result['items_per_s']:.1f} items/s, {result['cpu_ms_per_item']:.2f} CPU ms/item"
               + (f", mean batch {result['mean_batch']:.2f}" if ours else "") + f" (load {load:.1f})", flush=True)
     return out

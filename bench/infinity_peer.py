@@ -5,7 +5,10 @@ transformers, clash with the service's):
 
     python -m venv /tmp/infinity-venv
     /tmp/infinity-venv/bin/pip install "infinity-emb[server,torch,vision]==0.0.78" "numpy<2" \
-        torch==2.14.1 torchvision==0.29.1
+        torch==2.14.1 torchvision==0.29.1 aiohttp
+
+(aiohttp: Infinity fetches image URLs with it, and its extras do not install it; without it every image
+request answers 500.)
 
 Nothing of it is committed; a script takes the venv's path (``--infinity PATH``) and skips the peer without one.
 Its model is a Hugging Face-format CLIP ViT-B/32 with fixed-seed random weights (transformers' CLIPConfig

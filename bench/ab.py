@@ -2,14 +2,16 @@
 
     python bench/ab.py --ref 2379a78 --scenario single-text --rounds 4
     python bench/ab.py --ref HEAD --scenario single-text --env '{"GUNICORN_CMD_ARGS": "--worker-class gthread"}'
+    python bench/ab.py --ref HEAD --scenario single-text --env '{"CLIP_PRECISION": "auto", "CLIP_BATCH_WINDOW_MS": "2"}' \
+        --ref-env '{"CLIP_PRECISION": "auto"}'   # one setting, the same checkout, in bf16 where the CPU has it
     python bench/ab.py --this 1a50b8b --ref 1a50b8b^1 --scenario single-text   # two commits
     python bench/ab.py --scenario single-text --rounds 1   # this checkout alone: its figures, no ratio
 
 Each round starts both services in turn (the order swaps every round), warms each up and runs the
 scenario against it; the answer is each round's ratio and the median ratio. Use it to tell a small
 regression from the machine's drift: a sequential run (bench/lone_request.py) of the same services
-can differ by 5% from round to round here. ``--env`` applies to this checkout's service only. Vector
-cache off for both. Prints; writes nothing.
+can differ by 5% from round to round here. ``--env`` applies to this checkout's service, ``--ref-env`` to
+the ref's. Vector cache off for both. Prints; writes nothing.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ def main() -> None:
     parser.add_argument("--this", default=None, help="a git ref to run instead of this checkout")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--env", default="{}", help="JSON of extra environment for this checkout's service")
+    parser.add_argument("--ref-env", default="{}", help="JSON of extra environment for the ref's service")
     args = parser.parse_args()
-    extra = json.loads(args.env)
+    extra, ref_extra = json.loads(args.env), json.loads(args.ref_env)
     photos = photo_server()
     small = [photos.url(f) for f in SMALL]
     tree = worktree(args.ref) if args.ref else None
@@ -55,7 +58,7 @@ def main() -> None:
         for round_number in range(args.rounds):
             labels = list(results) if round_number % 2 == 0 else list(reversed(results))
             for label in labels:
-                env = {"CLIP_CACHE_MB": "0", **(extra if label == "this" else {})}
+                env = {"CLIP_CACHE_MB": "0", **(extra if label == "this" else ref_extra)}
                 svc = start_service(env, photo_port=photos.port, cwd=this_tree if label == "this" else tree)
                 try:
                     for _ in range(smoke_or(20, 1)):

@@ -21,7 +21,6 @@ all three are compared at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -39,7 +38,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import MODEL, RESULTS, ROOT, checkpoint, start_service  # noqa: E402
+from bench.harness import MODEL, RESULTS, ROOT, checkpoint, start_service, write_table  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SOURCES = [FIXTURES / "chelsea_0.jpg", FIXTURES / "coffee_0.jpg", FIXTURES / "camera.png",
@@ -200,13 +199,10 @@ def main() -> None:
             "Largest difference between the vectors: " + ", ".join(f"{k} {v:.1e}" for k, v in agreement.items()))
     print("\n" + "\n".join(table) + "\n\n" + note)
     if args.results:
-        folder = Path(args.results)
-        folder.mkdir(parents=True, exist_ok=True)
         suffix = "" if args.images == 2000 else f"-{args.images}"
-        (folder / f"bulk{suffix}.md").write_text("\n".join(table) + "\n\n" + note + "\n")
-        (folder / f"bulk{suffix}.json").write_text(json.dumps(
-            {"images": args.images, "rounds": args.rounds, "cores": os.cpu_count(), "rows": rows,
-             "startup": {"wall_s": startup_wall, "cpu_s": startup_cpu}, "agreement": agreement}, indent=2) + "\n")
+        write_table(args.results, f"bulk{suffix}", table, note,
+                    {"images": args.images, "rounds": args.rounds, "cores": os.cpu_count(), "rows": rows,
+                     "startup": {"wall_s": startup_wall, "cpu_s": startup_cpu}, "agreement": agreement})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ The environment sets up a run:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
@@ -77,6 +78,14 @@ def results_file(name: str) -> Path:
     """``RESULTS/name``, its folder made."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     return RESULTS / name
+
+
+def write_table(folder: str, stem: str, table: list[str], note: str, data: dict) -> None:
+    """``stem``.md (the table and its note) and ``stem``.json (``data``) in ``folder``, made if need be."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / f"{stem}.md").write_text("\n".join(table) + "\n\n" + note + "\n")
+    (path / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
 def photo_server() -> ImageServer:

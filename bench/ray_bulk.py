@@ -24,7 +24,6 @@ it. Start-up CPU is measured once per way, on one image, and taken out of CPU pe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -41,7 +40,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bulk import LONG_SIDES, make_images  # noqa: E402
-from bench.harness import MODEL, RESULTS, ROOT, checkpoint, smoke_or, start_service  # noqa: E402
+from bench.harness import MODEL, RESULTS, ROOT, checkpoint, smoke_or, start_service, write_table  # noqa: E402
 from tests.support.image_server import ImageServer  # noqa: E402
 
 CLOCK = os.sysconf("SC_CLK_TCK")
@@ -292,13 +291,10 @@ def main() -> None:
             "Largest difference between the vectors: " + ", ".join(f"{k} {v:.1e}" for k, v in agreement.items()))
     print("\n" + "\n".join(table) + "\n\n" + note)
     if args.results:
-        folder = Path(args.results)
-        folder.mkdir(parents=True, exist_ok=True)
         suffix = "" if args.images == 2000 else f"-{args.images}"
-        (folder / f"ray_bulk{suffix}.md").write_text("\n".join(table) + "\n\n" + note + "\n")
-        (folder / f"ray_bulk{suffix}.json").write_text(json.dumps(
-            {"images": args.images, "rounds": args.rounds, "cores": cores, "cpu": cpu_name, "model": MODEL,
-             "load_average": [load[0], os.getloadavg()[0]], "rows": rows, "agreement": agreement}, indent=2) + "\n")
+        write_table(args.results, f"ray_bulk{suffix}", table, note,
+                    {"images": args.images, "rounds": args.rounds, "cores": cores, "cpu": cpu_name, "model": MODEL,
+                     "load_average": [load[0], os.getloadavg()[0]], "rows": rows, "agreement": agreement})
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ def test_text_vectors_equal_the_services(server, client):
     np.testing.assert_allclose(result.vectors, service_vectors(client, "/embed/text", "texts", TEXTS), atol=1e-6)
 
 
+def test_the_model_info_names_the_services_precision(server, client):
+    served = client.get("/v1/models").get_json()["data"][0]["precision"]
+    assert served in ("fp32", "bf16")
+    with ClipClient(server.url) as clip:
+        assert clip.model_info().precision == served
+        assert clip.embed_texts(["a cat"]).precision == served
+
+
 def test_every_kind_of_image_input_gives_the_services_vector(server, client, image_server, photos):
     path = FIXTURES / "chelsea_0.jpg"
     inputs = [str(path), path, image_server.url("/chelsea_0.jpg"), photos["chelsea_0.jpg"],

@@ -79,7 +79,8 @@ class ClipClient:
                 doc = self._http.get_json("/v1/models", _end or self._end(None))
                 try:
                     entry = doc["data"][0]
-                    self._model = ModelInfo(str(entry["id"]), str(entry["pretrained"]), int(entry["dimensions"]))
+                    self._model = ModelInfo(str(entry["id"]), str(entry["pretrained"]), int(entry["dimensions"]),
+                                            str(entry.get("precision", "")))
                 except (KeyError, IndexError, TypeError, ValueError):
                     raise NotAClipService(f"{self.base_url}/v1/models does not describe a model") from None
             return self._model
@@ -248,7 +249,8 @@ class ClipClient:
                                          describe(index))
         with self._lock:
             if self._model is None and "model" in body:
-                self._model = ModelInfo(body["model"], body.get("pretrained", ""), int(body["dimensions"]))
+                self._model = ModelInfo(body["model"], body.get("pretrained", ""), int(body["dimensions"]),
+                                        str(body.get("precision", "")))
         return outcomes
 
     def _embeddings(self, count: int, outcomes: dict[int, Outcome], end: float, dtype: str,
@@ -265,7 +267,8 @@ class ClipClient:
                 except ValueError as exc:
                     outcome = FailedItem(i, "service_error", f"the service answered {exc}", "")
             errors.append(outcome)
-        return Embeddings(rows, errors, info.model, info.pretrained, dtype=dtype, model_dimensions=info.dimensions)
+        return Embeddings(rows, errors, info.model, info.pretrained, dtype=dtype, model_dimensions=info.dimensions,
+                          precision=info.precision)
 
 
 def _encoding(sent_as: str) -> dict:

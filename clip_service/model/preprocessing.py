@@ -38,7 +38,7 @@ class TorchResizeTransform:
 
     The same steps as open_clip's (RGB, the short side to ``size`` by antialiased bicubic, the centre
     ``size`` x ``size``, to [0, 1], normalised), with the resize done by torch's uint8 antialiased bicubic
-    instead of Pillow's: 4-5x faster (0.6 against 2.8 ms for a 640 px photo), pixels within 1 step in 255
+    instead of Pillow's: 4-5x faster (0.6 against 2.8-3.2 ms for a 640 px photo), pixels within 1 step in 255
     of Pillow's on photos, and a few steps apart at hard edges, which is why fp32 keeps Pillow (open_clip's
     vectors to 1e-5) and bf16, whose bound is cosine 0.9999 of those vectors, takes this.
     """
